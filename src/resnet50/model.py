@@ -1,0 +1,347 @@
+"""The ResNet family of He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition" (2015).
+
+Read top to bottom, this file is the paper's Table 1:
+
+    conv1    7x7, 64, stride 2                       (stem)
+             3x3 max pool, stride 2
+    conv2_x  [1x1 64,  3x3 64,  1x1 256 ] x 3         layer1, output stride 4   (C2)
+    conv3_x  [1x1 128, 3x3 128, 1x1 512 ] x 4         layer2, output stride 8   (C3)
+    conv4_x  [1x1 256, 3x3 256, 1x1 1024] x 6         layer3, output stride 16  (C4)
+    conv5_x  [1x1 512, 3x3 512, 1x1 2048] x 3         layer4, output stride 32  (C5)
+             global average pool, 1000-d fc (softmax is applied by the loss / at prediction time)
+
+ResNet-50: 1 + 3*(3+4+6+3) + 1 = 50 weighted layers; 48 of the 49 convolutions lie on the main path, and the
+"B" shortcut adds 4 projection convolutions where the shape changes.
+
+Parameter names follow the layout torchvision and timm use (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer1.0.downsample.0`` / ``.1``, ``fc``): state-dict keys are public API, so their checkpoints load strictly.
+
+Where this differs from torchvision's ``resnet.py``: the v1 / v1.5 stride placement is an option (torchvision is
+v1.5 only), the paper's shortcut options A, B and C and a ``plain`` (no shortcut) switch exist, the CIFAR-style
+networks of section 4.2 are built from the same classes, and ``conv_bias`` / ``bn_eps`` reproduce Keras'
+``ResNet50`` exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserError
+
+Variant = Literal["v1", "v1.5"]
+Shortcut = Literal["A", "B", "C"]
+Stem = Literal["imagenet", "small", "cifar"]
+
+VARIANTS = ("v1", "v1.5")
+SHORTCUTS = ("A", "B", "C")
+STEMS = ("imagenet", "small", "cifar")
+MIN_INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything that fixes a network's shape. Saved inside every checkpoint; unknown keys are errors."""
+
+    block: Literal["basic", "bottleneck"] = "bottleneck"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    # v1 strides in the first 1x1 of a downsampling bottleneck (the paper, Caffe, Keras); v1.5 strides in the 3x3
+    # (torchvision, NVIDIA). Same parameters; v1.5 is about +0.5 pt top-1 on ImageNet and about 5 % slower, since
+    # the 3x3 then runs at the higher resolution (4.09 vs 3.86 GMAC for ResNet-50 at 224 px).
+    variant: Variant = "v1.5"
+    # The paper's section 3.3 options. A: identity, extra channels zero-padded (no parameters).
+    # B: 1x1 projection where the shape changes, identity elsewhere. C: projection on every block.
+    shortcut: Shortcut = "B"
+    plain: bool = False  # no shortcuts at all: the "plain" nets of the degradation experiment (Fig. 1 and 4)
+    # imagenet: 7x7/2 conv + 3x3/2 max pool. small: 3x3/1 conv, no pool (for 32-64 px images, keeps detail).
+    # cifar: the section 4.2 stem, a 3x3/1 conv of widths[0] channels.
+    stem: Stem = "imagenet"
+    stem_width: int = 64
+    num_classes: int = 1000
+    in_chans: int = 3
+    zero_init_residual: bool = False  # last BN of each block starts at 0 (Goyal et al.; about +0.2-0.3 pt)
+    conv_bias: bool = False  # Keras' ResNet50 has a bias in every convolution
+    bn_eps: float = 1e-5  # Keras uses 1.001e-5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.block not in ("basic", "bottleneck"):
+            raise UserError(f"unknown block type {self.block!r}; use 'basic' or 'bottleneck'")
+        if self.variant not in VARIANTS:
+            raise UserError(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        if self.shortcut not in SHORTCUTS:
+            raise UserError(f"unknown shortcut option {self.shortcut!r}; use A, B or C (paper section 3.3)")
+        if self.stem not in STEMS:
+            raise UserError(f"unknown stem {self.stem!r}; use one of {', '.join(STEMS)}")
+        if len(self.layers) != len(self.widths) or not self.layers or min(self.layers) < 1:
+            raise UserError("layers and widths must be non-empty lists of the same length, each stage >= 1 block")
+        if self.num_classes < 0:
+            raise UserError(f"num_classes must be >= 0 (0 means no classifier), got {self.num_classes}")
+        if self.in_chans < 1:
+            raise UserError(f"in_chans must be >= 1, got {self.in_chans}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"], d["widths"] = list(self.layers), list(self.widths)
+        return d
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: subsample by the stride and zero-pad the new channels. No parameters."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.extra, self.stride = cout - cin, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+
+def make_shortcut(cfg: ResNetConfig, cin: int, cout: int, stride: int) -> nn.Module | None:
+    """The block's shortcut branch, or None for the identity (and for plain nets, which have none)."""
+    if cfg.plain:
+        return None
+    changes_shape = stride != 1 or cin != cout
+    if cfg.shortcut == "A":
+        return ZeroPadShortcut(cin, cout, stride) if changes_shape else None
+    if cfg.shortcut == "B" and not changes_shape:
+        return None
+    return nn.Sequential(conv1x1(cin, cout, stride, cfg.conv_bias), nn.BatchNorm2d(cout, eps=cfg.bn_eps))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+
+    expansion = 1
+
+    def __init__(self, cfg: ResNetConfig, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout, bias, eps = width * self.expansion, cfg.conv_bias, cfg.bn_eps
+        self.conv1, self.bn1 = conv3x3(cin, width, stride, bias), nn.BatchNorm2d(width, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = conv3x3(width, cout, 1, bias), nn.BatchNorm2d(cout, eps=eps)
+        self.downsample = make_shortcut(cfg, cin, cout, stride)
+        self.residual = not cfg.plain
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce) -> 3x3 -> 1x1 (expand by 4): ResNet-50/101/152."""
+
+    expansion = 4
+
+    def __init__(self, cfg: ResNetConfig, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout, bias, eps = width * self.expansion, cfg.conv_bias, cfg.bn_eps
+        # The one place v1 and v1.5 differ: which convolution carries the block's stride (see ResNetConfig.variant).
+        stride_1x1, stride_3x3 = (stride, 1) if cfg.variant == "v1" else (1, stride)
+        self.conv1, self.bn1 = conv1x1(cin, width, stride_1x1, bias), nn.BatchNorm2d(width, eps=eps)
+        self.conv2, self.bn2 = conv3x3(width, width, stride_3x3, bias), nn.BatchNorm2d(width, eps=eps)
+        self.conv3, self.bn3 = conv1x1(width, cout, 1, bias), nn.BatchNorm2d(cout, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(cfg, cin, cout, stride)
+        self.residual = not cfg.plain
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """Stem, then one stage per entry of ``cfg.layers`` (layer1..layerN), global average pool, fc."""
+
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        block = Bottleneck if cfg.block == "bottleneck" else BasicBlock
+        eps = cfg.bn_eps
+
+        if cfg.stem == "imagenet":
+            self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=cfg.conv_bias)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        else:  # "small" and "cifar": 3x3 stride 1, no pooling
+            self.conv1 = conv3x3(cfg.in_chans, cfg.stem_width, 1, cfg.conv_bias)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(cfg.stem_width, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+
+        cin, self.stage_names, self.feature_channels = cfg.stem_width, [], []
+        for i, (blocks, width) in enumerate(zip(cfg.layers, cfg.widths)):
+            stride = 1 if i == 0 else 2  # the first stage follows the max pool; every later one halves the size
+            stage = []
+            for b in range(blocks):
+                stage.append(block(cfg, cin, width, stride if b == 0 else 1))
+                cin = width * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+            self.stage_names.append(f"layer{i + 1}")
+            self.feature_channels.append(cin)
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = cin
+        self.fc: nn.Module = nn.Linear(cin, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """He (fan-out) init for convolutions, BN to identity, fc as nn.Linear; optional zero-init of last BNs."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.cfg.zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    # --- the backbone interface ------------------------------------------------------------------------------
+
+    def stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """The output of every stage: {'C2': stride 4, 'C3': stride 8, 'C4': stride 16, 'C5': stride 32} for the
+        ImageNet stem (the feature-pyramid names of detection backbones); the CIFAR nets give C2..C4."""
+        _check_input(x, self.cfg)
+        x = self.stem(x)
+        feats = {}
+        for i, name in enumerate(self.stage_names):
+            x = getattr(self, name)(x)
+            feats[f"C{i + 2}"] = x
+        return feats
+
+    def forward_embedding(self, x: Tensor) -> Tensor:
+        """The pooled, flattened last-stage features (2048-d for ResNet-50): the input of the classifier."""
+        _check_input(x, self.cfg)
+        x = self.stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return torch.flatten(self.avgpool(x), 1)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc by a freshly initialised one for ``num_classes`` (0 removes it: forward gives embeddings)."""
+        self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_embedding(x))
+
+
+def _check_input(x: Tensor, cfg: ResNetConfig) -> None:
+    if torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    if x.dim() != 4 or x.shape[1] != cfg.in_chans:
+        raise UserError(
+            f"expected input of shape (N, {cfg.in_chans}, H, W), got {tuple(x.shape)}; "
+            f"convert images to {cfg.in_chans} channel(s) or build the model with in_chans={x.shape[1] if x.dim() == 4 else '?'}"
+        )
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise UserError(f"input {x.shape[-2]}x{x.shape[-1]} px is below the {MIN_INPUT_SIZE} px minimum; resize it up")
+
+
+# --- the named architectures -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchSpec:
+    block: str
+    layers: tuple[int, ...]
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    defaults: dict = field(default_factory=dict)
+    description: str = ""
+
+
+def _cifar(n: int, plain: bool) -> ArchSpec:
+    kind = "plain net" if plain else "ResNet"
+    return ArchSpec("basic", (n, n, n), (16, 32, 64),
+                    dict(stem="cifar", stem_width=16, shortcut="A", plain=plain, num_classes=10),
+                    f"CIFAR {kind} of section 4.2: 6n+2 = {6 * n + 2} layers, 3x3 stem, 16/32/64 channels"
+                    + ("" if plain else ", option A shortcuts"))
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "resnet18": ArchSpec("basic", (2, 2, 2, 2), description="ImageNet ResNet-18, basic blocks"),
+    "resnet34": ArchSpec("basic", (3, 4, 6, 3), description="ImageNet ResNet-34, basic blocks"),
+    "resnet50": ArchSpec("bottleneck", (3, 4, 6, 3), description="ImageNet ResNet-50, bottleneck blocks"),
+    "resnet101": ArchSpec("bottleneck", (3, 4, 23, 3), description="ImageNet ResNet-101, bottleneck blocks"),
+    "resnet152": ArchSpec("bottleneck", (3, 8, 36, 3), description="ImageNet ResNet-152, bottleneck blocks"),
+    "plain18": ArchSpec("basic", (2, 2, 2, 2), defaults=dict(plain=True), description="ResNet-18 without shortcuts"),
+    "plain34": ArchSpec("basic", (3, 4, 6, 3), defaults=dict(plain=True), description="ResNet-34 without shortcuts"),
+    **{f"resnet{6 * n + 2}_cifar": _cifar(n, False) for n in (3, 5, 7, 9, 18)},
+    **{f"plain{6 * n + 2}_cifar": _cifar(n, True) for n in (3, 5, 7, 9, 18)},
+}
+
+
+def list_models() -> list[str]:
+    """The architecture names ``create_model`` accepts."""
+    return list(ARCHS)
+
+
+def model_config(name: str, **options) -> ResNetConfig:
+    """The resolved config of a named architecture with ``options`` (any ResNetConfig field) overriding."""
+    spec = ARCHS.get(name)
+    if spec is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, ARCHS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown architecture {name!r}{hint}; choose from: {', '.join(ARCHS)}")
+    d = dict(block=spec.block, layers=spec.layers, widths=spec.widths, **spec.defaults)
+    d.update({k: v for k, v in options.items() if v is not None})
+    return ResNetConfig.from_dict(d)
+
+
+def create_model(name: str = "resnet50", **options) -> ResNet:
+    """Build a named architecture, e.g. ``create_model("resnet50", variant="v1", num_classes=10, in_chans=1)``."""
+    return ResNet(model_config(name, **options))
+
+
+def arch_name(cfg: ResNetConfig) -> str | None:
+    """The registered name whose shape ``cfg`` has (ignoring class count, variant and similar options)."""
+    for name, spec in ARCHS.items():
+        if (spec.block, spec.layers, spec.widths) == (cfg.block, cfg.layers, cfg.widths) and \
+                spec.defaults.get("plain", False) == cfg.plain:
+            return name
+    return None
