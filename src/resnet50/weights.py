@@ -1,0 +1,457 @@
+"""Weights on disk: our safetensors checkpoints with metadata, and importers for other layouts.
+
+Our format is a safetensors file whose metadata says how to rebuild and use the model:
+``format`` (``resnet50-toolkit/1``), ``arch``, ``config`` (the ResNetConfig as JSON), ``classes`` (JSON list),
+``preprocessing`` (resize, crop, mean, std, interpolation as JSON) and ``source``.
+
+Importers:
+- torchvision / timm ResNet state dicts (``.pth``/``.pt``/``.bin`` pickles, loaded with ``weights_only=True``, or
+  ``.safetensors``), strict; the architecture is read off the tensors' names and shapes.
+- Keras ``ResNet50``/``101``/``152`` (``keras.applications``) weights from ``.h5`` (Keras 2 / legacy layout) or
+  ``.weights.h5`` (Keras 3 layout) into our v1 model with Keras' options (a bias in every conv, BN eps 1.001e-5).
+  Keras models take BGR input with the Caffe means subtracted and no scaling; the importer folds the BGR order into
+  conv1's input channels, so the imported model takes RGB like every other, normalised with mean = Caffe mean / 255
+  and std = 1 / 255 (identical arithmetic), and gives the same logits as Keras.
+
+Every write is atomic: a temporary file in the same folder, flushed, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .model import ResNet, ResNetConfig, arch_name, model_config
+
+FORMAT = "resnet50-toolkit/1"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keras applications' "caffe" preprocessing, as RGB means on the 0..1 scale, with std 1/255 (no scaling).
+KERAS_CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
+KERAS_CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the model's input: resize the shorter side, centre-crop, scale to 0..1, normalise."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"unknown preprocessing key(s) {sorted(unknown)} in checkpoint metadata")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class Checkpoint:
+    """A model with everything needed to use it."""
+
+    model: ResNet
+    arch: str
+    classes: list[str] | None = None
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    source: str = ""
+
+    @property
+    def config(self) -> ResNetConfig:
+        return self.model.cfg
+
+
+# --- atomic writes -------------------------------------------------------------------------------------------
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``, on failure removed.
+    A crash or a full disk mid-write never leaves a half-written file under the final name."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise UserError(f"folder {path.parent} does not exist; create it or choose another output path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {e.strerror or e}; check free space and permissions") from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- our checkpoints -----------------------------------------------------------------------------------------
+
+def save(path: str | os.PathLike, model: ResNet, classes: list[str] | None = None,
+         preprocessing: Preprocessing | None = None, source: str = "") -> None:
+    """Write ``model`` as safetensors with the metadata that rebuilds it (atomically)."""
+    from safetensors.torch import save_file
+
+    if classes is not None and model.cfg.num_classes and len(classes) != model.cfg.num_classes:
+        raise UserError(f"{len(classes)} class names given for a model with {model.cfg.num_classes} classes")
+    meta = {
+        "format": FORMAT,
+        "arch": arch_name(model.cfg) or "custom",
+        "config": json.dumps(model.cfg.to_dict()),
+        "classes": json.dumps(classes),
+        "preprocessing": json.dumps(asdict(preprocessing or Preprocessing())),
+        "source": source,
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load(path: str | os.PathLike, arch: str | None = None, **overrides) -> Checkpoint:
+    """Load any supported weights file: ours (metadata rebuilds the model), a torchvision/timm state dict, or Keras.
+
+    ``arch`` names the architecture expected (an error if the file holds another); ``overrides`` are ResNetConfig fields for files that do not say them (e.g. ``variant`` for torchvision files,
+    which cannot be told apart from the tensors: v1 and v1.5 have identical shapes)."""
+    path = _existing(path)
+    if path.suffix == ".h5":
+        return import_keras(path)
+    if path.suffix == ".safetensors":
+        meta, sd = read_safetensors(path)
+        if meta.get("format") == FORMAT:
+            return _from_ours(path, meta, sd, overrides)
+        return from_state_dict(sd, arch, source=f"state dict {path.name}", **overrides)
+    return from_state_dict(read_torch(path), arch, source=f"state dict {path.name}", **overrides)
+
+
+def _from_ours(path: Path, meta: dict, sd: dict[str, Tensor], overrides: dict) -> Checkpoint:
+    try:
+        cfg = json.loads(meta["config"])
+        classes = json.loads(meta.get("classes", "null"))
+        pre = Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}")))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged metadata ({e}); re-export the checkpoint") from e
+    for k, v in overrides.items():
+        if v is not None and cfg.get(k) != v and k != "num_classes":
+            raise UserError(f"{path} holds a {k}={cfg.get(k)!r} model; {k}={v!r} contradicts it (drop the option)")
+    model = ResNet(ResNetConfig.from_dict(cfg))
+    load_strict(model, sd, path.name)
+    return Checkpoint(model, meta.get("arch", "custom"), classes, pre, meta.get("source", ""))
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"weights file {path} does not exist; check the path")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the weights file inside it")
+    return path
+
+
+# --- reading tensors -----------------------------------------------------------------------------------------
+
+def read_safetensors(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise UserError(f"{path} is not a readable safetensors file ({_first_line(e)}); it may be truncated: "
+                        "copy it again or re-export it") from e
+
+
+# Wrappers that training code puts around a model: torch.nn.parallel.DistributedDataParallel saves keys under
+# "module.", torch.compile under "_orig_mod.". Both are known and removed only when every key carries them.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Training checkpoints (ours, timm's train.py, many scripts) nest the weights under one of these keys.
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
+
+def read_torch(path: Path) -> dict[str, Tensor]:
+    """A state dict from a PyTorch pickle, loaded with ``weights_only=True`` (a file that carries code is refused)."""
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" in msg:  # the pickle names a Python callable: code would run on load
+            raise UserError(f"refusing to load {path}: it carries Python objects or code, not only tensors "
+                            "(weights_only=True). Re-save it from trusted code as a state dict or safetensors") from e
+        raise UserError(f"{path} is not a PyTorch checkpoint (it does not unpickle); give a .pth/.safetensors/.h5 "
+                        "weights file") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_first_line(e)}); it may be truncated or "
+                        "of another format: copy it again or re-export it") from e
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj, path: Path | str = "checkpoint") -> dict[str, Tensor]:
+    if isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
+        for key in _CONTAINER_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict(), path)")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line.split(". ")[0][:200]
+
+
+# --- torchvision / timm layout ---------------------------------------------------------------------------------
+
+def infer_config(sd: dict[str, Tensor]) -> dict:
+    """The ResNetConfig fields that a state dict in the common layout determines (all but ``variant``)."""
+    if "conv1.weight" not in sd or "layer1.0.conv1.weight" not in sd:
+        raise UserError("the weights are not in the ResNet layout (no conv1.weight / layer1.0.conv1.weight); "
+                        "is this a ResNet checkpoint?")
+    blocks: dict[int, set[int]] = {}
+    for k in sd:
+        m = re.match(r"layer(\d+)\.(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    stages = sorted(blocks)
+    bottleneck = "layer1.0.conv3.weight" in sd
+    stem = sd["conv1.weight"]
+    d = dict(
+        block="bottleneck" if bottleneck else "basic",
+        layers=[max(blocks[s]) + 1 for s in stages],
+        widths=[int(sd[f"layer{s}.0.conv1.weight"].shape[0]) for s in stages],
+        stem_width=int(stem.shape[0]),
+        in_chans=int(stem.shape[1]),
+        num_classes=int(sd["fc.weight"].shape[0]) if "fc.weight" in sd else 0,
+        conv_bias="conv1.bias" in sd,
+    )
+    if stem.shape[-1] == 3:
+        d["stem"] = "cifar" if d["widths"][0] == 16 else "small"
+    has_proj = [k for k in sd if re.match(r"layer\d+\.\d+\.downsample\.0\.weight", k)]
+    if any(not re.match(r"layer\d+\.0\.", k) for k in has_proj):
+        d["shortcut"] = "C"
+    elif not has_proj:
+        d["shortcut"] = "A"
+    if "bn1.running_var" not in sd and "bn1.weight" not in sd:
+        raise UserError("the weights have no bn1 batch norm: not the ResNet layout")
+    return d
+
+
+def from_state_dict(sd: dict[str, Tensor], arch: str | None = None, source: str = "state dict",
+                    **overrides) -> Checkpoint:
+    """Build the model a torchvision/timm-layout state dict describes and load it strictly.
+
+    With ``arch``, the model is built from that name (plus ``overrides``) and a mismatch is an error that says
+    what the file holds instead."""
+    inferred = infer_config(sd)
+    if arch is None:
+        cfg = ResNetConfig.from_dict({**inferred, **{k: v for k, v in overrides.items() if v is not None}})
+    else:
+        cfg = model_config(arch, **overrides)
+    model = ResNet(cfg)
+    load_strict(model, sd, source)
+    return Checkpoint(model, arch_name(cfg) or "custom", None, Preprocessing(), source)
+
+
+def load_strict(model: ResNet, sd: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """``model.load_state_dict(sd, strict=True)`` with an error that lists what differs and names the likely cause."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(xs):
+            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {few(unexpected)}")
+        if shapes:
+            parts.append(f"shapes differ (file vs model) {len(shapes)}: {few(shapes)}")
+        raise UserError(f"{source} does not fit the model. {_likely_cause(sd, model.cfg)}. " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def _likely_cause(sd: dict[str, Tensor], cfg: ResNetConfig) -> str:
+    try:
+        got = infer_config(sd)
+    except UserError as e:
+        return f"Likely cause: {e}"
+    want = cfg.to_dict()
+    diffs = []
+    if (got["block"], got["layers"]) != (want["block"], want["layers"]):
+        name = arch_name(ResNetConfig.from_dict({k: v for k, v in got.items() if k != "shortcut"}))
+        diffs.append(f"the file holds {name or 'a ' + got['block'] + ' net with blocks ' + str(got['layers'])}, "
+                     f"the model is {arch_name(cfg) or 'custom'} (use --arch {name or '...'})")
+    if got["num_classes"] != want["num_classes"]:
+        diffs.append(f"the file has {got['num_classes']} classes, the model {want['num_classes']} "
+                     f"(use --num-classes {got['num_classes']}, or load it and reset the classifier)")
+    if got["in_chans"] != want["in_chans"]:
+        diffs.append(f"the file takes {got['in_chans']} input channel(s), the model {want['in_chans']} "
+                     f"(use --in-chans {got['in_chans']})")
+    if got["conv_bias"] != want["conv_bias"]:
+        diffs.append("conv biases differ (Keras-style weights have them; import .h5 files with the Keras importer)")
+    for k in ("stem", "shortcut", "stem_width", "widths"):
+        if k in got and got[k] != want[k]:
+            diffs.append(f"{k} is {got[k]} in the file, {want[k]} in the model")
+    return "Likely cause: " + "; ".join(diffs) if diffs else "Likely cause: a different architecture"
+
+
+# --- Keras applications ResNet ------------------------------------------------------------------------------
+
+def read_keras_h5(path: Path) -> dict[str, list]:
+    """Layer name -> its weight arrays in Keras order, from a Keras 2 (legacy) or Keras 3 ``.h5`` weights file."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise UserError("reading Keras .h5 files needs h5py: pip install 'resnet50[keras]'") from e
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"{path} is not a readable HDF5 file ({_first_line(e)}); it may be truncated") from e
+    with f:
+        layers: dict[str, list] = {}
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" in root.attrs:  # Keras 2 / legacy: ordered by the weight_names attribute
+            for lname in root.attrs["layer_names"]:
+                lname = lname.decode() if isinstance(lname, bytes) else lname
+                g = root[lname]
+                names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
+                if names:
+                    layers[lname] = [g[n][()] for n in names]
+        elif "layers" in root:  # Keras 3: layers/<name>/vars/<index>
+            for lname, g in root["layers"].items():
+                if "vars" in g and len(g["vars"]):
+                    layers[lname] = [g["vars"][str(i)][()] for i in range(len(g["vars"]))]
+            if "conv1_conv" not in layers and "conv2d" in layers:
+                layers = _name_keras3_layers(layers)
+        else:
+            raise UserError(f"{path} is HDF5 but holds no Keras weights (no layer_names or layers group)")
+    return layers
+
+
+# Keras 3 names a Functional model's layers in .weights.h5 files by class and position (conv2d, conv2d_1, ...,
+# batch_normalization_N, dense), in the order of model.layers. For keras.applications ResNets that order is:
+# conv1, then in each block 1, 2, [0: the projection, first block only], 3.
+_KERAS_STAGES = {53: (3, 4, 6, 3), 104: (3, 4, 23, 3), 155: (3, 8, 36, 3)}
+
+
+def _keras_layer_order(stages: tuple[int, ...]) -> list[str]:
+    names = ["conv1"]
+    for s, n in enumerate(stages):
+        for b in range(n):
+            names += [f"conv{s + 2}_block{b + 1}_{i}" for i in ((1, 2, 0, 3) if b == 0 else (1, 2, 3))]
+    return names
+
+
+def _name_keras3_layers(layers: dict[str, list]) -> dict[str, list]:
+    def ordered(prefix: str) -> list[list]:
+        keys = [k for k in layers if re.fullmatch(rf"{prefix}(_\d+)?", k)]
+        return [layers[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]) if k != prefix else 0)]
+
+    convs, bns, dense = ordered("conv2d"), ordered("batch_normalization"), ordered("dense")
+    stages = _KERAS_STAGES.get(len(convs))
+    if stages is None or len(bns) != len(convs) or len(dense) > 1:
+        raise UserError(f"Keras weights with {len(convs)} convolutions: not keras.applications ResNet50/101/152")
+    named = {}
+    for base, c, b in zip(_keras_layer_order(stages), convs, bns):
+        named[f"{base}_conv"], named[f"{base}_bn"] = c, b
+    if dense:
+        named["predictions"] = dense[0]
+    return named
+
+
+def import_keras(path: str | os.PathLike) -> Checkpoint:
+    """Keras applications ResNet50/101/152 weights -> our v1 model with Keras' options, RGB input."""
+    import numpy as np
+
+    path = _existing(path)
+    layers = read_keras_h5(path)
+    if "conv1_conv" not in layers:
+        raise UserError(f"{path} has no layer 'conv1_conv': not keras.applications ResNet weights "
+                        f"(found {', '.join(list(layers)[:5])}...)")
+    stages = []
+    for s in range(2, 6):
+        n = sum(1 for k in layers if re.fullmatch(rf"conv{s}_block\d+_1_conv", k))
+        if n == 0:
+            raise UserError(f"{path}: no conv{s}_block*_1_conv layers; not a Keras ResNet (v1) weights file")
+        stages.append(n)
+    num_classes = layers["predictions"][0].shape[1] if "predictions" in layers else 0
+    cfg = ResNetConfig(block="bottleneck", layers=tuple(stages), variant="v1", conv_bias=True, bn_eps=1.001e-5,
+                       num_classes=num_classes)
+    sd: dict[str, Tensor] = {}
+
+    def conv(dst: str, src: str):
+        kernel, bias = layers[src]
+        sd[f"{dst}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+        sd[f"{dst}.bias"] = torch.from_numpy(bias)
+
+    def bn(dst: str, src: str):
+        gamma, beta, mean, var = layers[src]
+        for k, v in zip(("weight", "bias", "running_mean", "running_var"), (gamma, beta, mean, var)):
+            sd[f"{dst}.{k}"] = torch.from_numpy(np.asarray(v))
+        sd[f"{dst}.num_batches_tracked"] = torch.tensor(0)
+
+    conv("conv1", "conv1_conv")
+    sd["conv1.weight"] = sd["conv1.weight"].flip(1).contiguous()  # Keras expects BGR: fold the order into conv1
+    bn("bn1", "conv1_bn")
+    for s, n in enumerate(stages):
+        for b in range(n):
+            k, t = f"conv{s + 2}_block{b + 1}", f"layer{s + 1}.{b}"
+            for i in (1, 2, 3):
+                conv(f"{t}.conv{i}", f"{k}_{i}_conv")
+                bn(f"{t}.bn{i}", f"{k}_{i}_bn")
+            if b == 0:
+                conv(f"{t}.downsample.0", f"{k}_0_conv")
+                bn(f"{t}.downsample.1", f"{k}_0_bn")
+    if num_classes:
+        kernel, bias = layers["predictions"]
+        sd["fc.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+        sd["fc.bias"] = torch.from_numpy(bias)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model = ResNet(cfg)
+    load_strict(model, sd, f"Keras weights {path.name}")
+    pre = Preprocessing(resize=256, crop=224, mean=KERAS_CAFFE_MEAN, std=KERAS_CAFFE_STD)
+    return Checkpoint(model, arch_name(cfg) or "custom", None, pre, f"keras {path.name}")
+
+
+# --- conversion ---------------------------------------------------------------------------------------------
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str | None = None,
+            classes: list[str] | None = None, **overrides) -> Checkpoint:
+    """Read ``src`` (any supported format) and write ``dst``: ``.safetensors`` in our format with metadata, or
+    ``.pth`` as a plain state dict in the torchvision layout (loadable by torchvision/timm when the options match)."""
+    dst = Path(dst)
+    if dst.suffix not in (".safetensors", ".pth", ".pt"):
+        raise UserError(f"unknown output format {dst.suffix!r}; name the output .safetensors (ours, with metadata) "
+                        "or .pth (plain state dict)")
+    ckpt = load(src, arch, **overrides)
+    if classes is not None:
+        ckpt.classes = classes
+    if dst.suffix == ".safetensors":
+        save(dst, ckpt.model, ckpt.classes, ckpt.preprocessing, ckpt.source)
+    else:
+        with atomic_path(dst) as tmp:
+            torch.save(ckpt.model.state_dict(), tmp)
+    return ckpt
