@@ -192,9 +192,9 @@ def read_torch(path: Path) -> dict[str, Tensor]:
         if "Unsupported global" in msg:  # the pickle names a Python callable: code would run on load
             raise UserError(f"refusing to load {path}: it carries Python objects or code, not only tensors "
                             "(weights_only=True). Re-save it from trusted code as a state dict or safetensors") from e
-        raise UserError(f"{path} is not a PyTorch checkpoint (it does not unpickle); give a .pth/.safetensors/.h5 "
-                        "weights file") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (it does not unpickle); give a "
+                        ".pth/.safetensors/.h5 weights file") from e
+    except Exception as e:  # torch's unpickler raises KeyError, RuntimeError, EOFError... on foreign bytes
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({_first_line(e)}); it may be truncated or "
                         "of another format: copy it again or re-export it") from e
     return unwrap_state_dict(obj, path)
@@ -215,6 +215,8 @@ def unwrap_state_dict(obj, path: Path | str = "checkpoint") -> dict[str, Tensor]
 
 
 def _first_line(e: BaseException) -> str:
+    if isinstance(e, KeyError):
+        return "malformed pickle"
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return line.split(". ")[0][:200]
 
