@@ -1,0 +1,246 @@
+"""Inference throughput and latency of each backend, as a percentage of what the machine's matmul rate allows.
+
+Scenarios follow MLPerf Inference's names: SingleStream (batch 1: one query at a time, latency per query) and
+Offline (batch N: throughput). Each (backend, batch) is timed ``runs`` times after ``warmup`` untimed calls on the
+same random input; latency percentiles are over those runs and throughput is ``batch / median latency``.
+
+The ceiling: the fp32 matmul rate measured here (a 2048 x 2048 x 2048 product, median of ``repeats``, with
+torch.mm and, when installed, ONNX Runtime's MatMul; the faster one counts, since each library's GEMM is what its
+convolutions run on) divided by the model's FLOPs per image (``resnet50.summary``: 2 x the conv and fc MACs).
+That is the img/s a backend would reach if every FLOP ran at the GEMM rate; INT8 backends can exceed it, since
+integer dot products (VNNI) do 4x the multiply-adds of fp32 FMA per instruction.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .infer import (BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends, create_backend,
+                    load_model, physical_cores, resolve_backend)
+from .summary import count_params, summarize
+
+SCHEMA = "resnet50-benchmark/1"
+
+
+def _median_rate(fn, flops: float, repeats: int) -> float:
+    fn()  # warm-up: first call allocates and packs
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return flops / float(np.median(times)) / 1e9
+
+
+def matmul_peak(n: int = 2048, repeats: int = 7, threads: int | None = None) -> dict:
+    """Measured fp32 GEMM rate (GFLOP/s) of torch.mm and ONNX Runtime's MatMul; ``gflops`` is the faster."""
+    threads = threads or physical_cores()
+    torch.set_num_threads(threads)
+    flops = 2.0 * n ** 3
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = {"n": n, "repeats": repeats, "threads": threads,
+           "torch_mm_gflops": round(_median_rate(lambda: torch.mm(a, b), flops, repeats), 1),
+           "onnxruntime_matmul_gflops": None}
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        pass
+    else:
+        spec = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "abc"]
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", spec[:2], spec[2:])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = min(proto.ir_version, 9)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {"a": a.numpy(), "b": b.numpy()}
+        out["onnxruntime_matmul_gflops"] = round(_median_rate(lambda: sess.run(None, feeds), flops, repeats), 1)
+    rates = {k: v for k, v in out.items() if k.endswith("_gflops") and v}
+    out["engine"] = max(rates, key=rates.get).removesuffix("_gflops")
+    out["gflops"] = rates[out["engine"] + "_gflops"]
+    return out
+
+
+def hardware() -> dict:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return {"cpu": model, "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+            "isa": isa, "os": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("onnxruntime", "onnx", "openvino", "numpy", "resnet50"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "min": float(ms.min()),
+            "max": float(ms.max())}
+
+
+def time_backend(backend, x: np.ndarray, warmup: int, runs: int, bar=None) -> list[float]:
+    for _ in range(warmup):
+        backend(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend(x)
+        times.append(time.perf_counter() - t)
+        if bar is not None:
+            bar.update(1)
+    return times
+
+
+def parse_list(text: str, what: str, cast=str) -> list:
+    try:
+        items = [cast(s.strip()) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--{what} takes a comma-separated list, e.g. 1,16; got {text!r}") from None
+    if not items:
+        raise UserError(f"--{what} is empty")
+    return items
+
+
+def benchmark(weights: str | None = None, arch: str | None = None, backends: list[str] | None = None,
+              batches: list[int] = (1, 16), warmup: int = 3, runs: int = 20, size: int | None = None,
+              threads: int | None = None, int8: str | None = None, progress: bool = False, **options) -> dict:
+    """Time each backend at each batch size on one model; see the module docstring for the method."""
+    from tqdm import tqdm
+
+    if warmup < 0 or runs < 1:
+        raise UserError(f"--runs must be >= 1 and --warmup >= 0 (got {runs}, {warmup})")
+    if any(b < 1 for b in batches):
+        raise UserError(f"batch sizes must be >= 1, got {list(batches)}")
+    have = available_backends()
+    backends = list(backends) if backends else have
+    for b in backends:
+        if b not in BACKENDS:
+            raise UserError(f"unknown backend {b!r}; choose from: {', '.join(BACKENDS)}")
+    threads = threads or physical_cores()
+    im = load_model(weights, arch, size, **options)
+    if im.model is None:
+        raise UserError("benchmark takes PyTorch weights or --arch (it exports and quantises them itself); "
+                        "pass an INT8 .onnx model with --int8")
+    flops = summarize(im.model, im.size)["flops"]
+    peak = matmul_peak(threads=threads)
+    limit = peak["gflops"] * 1e9 / flops
+    default = resolve_backend("auto", im)
+
+    tmp = tempfile.TemporaryDirectory(prefix="resnet50-bench-")
+    int8_model: InferenceModel | None = None
+    results = []
+    total = len(backends) * len(batches) * runs
+    with tmp, tqdm(total=total, unit="run", desc="benchmark", disable=not progress, leave=False) as bar:
+        for name in backends:
+            t0 = time.perf_counter()
+            if name in INT8_BACKENDS:
+                if int8_model is None:
+                    int8_model = load_model(int8) if int8 else _random_int8(im, Path(tmp.name))
+                target = int8_model
+            else:
+                target = im
+            backend = create_backend(name, target, threads)
+            create_s = time.perf_counter() - t0
+            for batch in batches:
+                x = np.random.default_rng(batch).standard_normal((batch, im.in_chans, im.size, im.size),
+                                                                 dtype=np.float32)
+                first = time.perf_counter()
+                backend(x)  # the first call of a shape may compile (torch.compile) or allocate: setup, not a run
+                first_call_s = time.perf_counter() - first
+                times = time_backend(backend, x, warmup, runs, bar)
+                lat = latency_stats(times)
+                thr = batch * 1e3 / lat["p50"]
+                results.append({
+                    "backend": name, "precision": "int8" if name in INT8_BACKENDS else "fp32",
+                    "scenario": "SingleStream" if batch == 1 else "Offline", "batch": batch, "runs": runs,
+                    "warmup": warmup, "latency_ms": lat, "throughput_img_s": thr,
+                    "pct_of_limit": 100.0 * thr / limit,
+                    "setup_s": {"create": round(create_s, 2), "first_call": round(first_call_s, 2)},
+                })
+            del backend
+    return {
+        "schema": SCHEMA,
+        "hardware": hardware(), "versions": versions(),
+        "model": {"arch": im.arch, "size": im.size, "params": count_params(im.model), "flops_per_image": flops,
+                  "source": im.source},
+        "peak": peak, "limit_img_s": limit, "threads": threads, "default_backend": default,
+        "results": results, "comparisons": comparisons(results, default),
+    }
+
+
+def _random_int8(im: InferenceModel, folder: Path) -> InferenceModel:
+    from .quantize import quantize_random
+
+    path = folder / f"{im.arch}.int8.onnx"
+    quantize_random(im, path)
+    return load_model(path)
+
+
+def comparisons(results: list[dict], default: str) -> dict:
+    """Per batch: the default backend / ONNX Runtime, and the best INT8 / the best fp32 backend (throughput)."""
+    out = {}
+    for batch in sorted({r["batch"] for r in results}):
+        rows = {r["backend"]: r["throughput_img_s"] for r in results if r["batch"] == batch}
+        fp32 = {k: v for k, v in rows.items() if k in FP32_BACKENDS}
+        int8 = {k: v for k, v in rows.items() if k in INT8_BACKENDS}
+        c = {}
+        if default in rows and "onnx" in rows:
+            c["default_vs_onnx"] = rows[default] / rows["onnx"]
+        if fp32:
+            c["best_fp32"] = max(fp32, key=fp32.get)
+        if int8 and fp32:
+            c["best_int8"] = max(int8, key=int8.get)
+            c["int8_vs_best_fp32"] = int8[c["best_int8"]] / fp32[c["best_fp32"]]
+        out[str(batch)] = c
+    return out
+
+
+def format_report(r: dict) -> str:
+    hw, v, m, p = r["hardware"], r["versions"], r["model"], r["peak"]
+    lines = [
+        f"{hw['cpu']}, {hw['physical_cores']} physical cores ({', '.join(hw['isa'])}); torch {v['torch']}, "
+        f"onnxruntime {v['onnxruntime']}, openvino {v['openvino']}",
+        f"{m['arch']} at {m['size']} px: {m['flops_per_image'] / 1e9:.2f} GFLOP/image; fp32 matmul peak "
+        f"{p['gflops']:.0f} GFLOP/s ({p['engine']}; torch.mm {p['torch_mm_gflops']}) -> limit "
+        f"{r['limit_img_s']:.1f} img/s",
+        f"{'backend':<14}{'scenario':<13}{'batch':>5}{'img/s':>9}{'% limit':>9}{'p50 ms':>9}{'p99 ms':>9}{'runs':>6}",
+    ]
+    for x in r["results"]:
+        lines.append(f"{x['backend']:<14}{x['scenario']:<13}{x['batch']:>5}{x['throughput_img_s']:>9.1f}"
+                     f"{x['pct_of_limit']:>8.0f}%{x['latency_ms']['p50']:>9.1f}{x['latency_ms']['p99']:>9.1f}"
+                     f"{x['runs']:>6}")
+    for batch, c in r["comparisons"].items():
+        parts = []
+        if "default_vs_onnx" in c:
+            parts.append(f"default ({r['default_backend']}) / onnx = {c['default_vs_onnx']:.2f}x")
+        if "int8_vs_best_fp32" in c:
+            parts.append(f"{c['best_int8']} / {c['best_fp32']} = {c['int8_vs_best_fp32']:.2f}x")
+        if parts:
+            lines.append(f"batch {batch}: " + "; ".join(parts))
+    return "\n".join(lines)

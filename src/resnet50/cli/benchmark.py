@@ -1,0 +1,39 @@
+"""resnet50 benchmark: img/s and latency per backend and batch, as % of the measured matmul peak (resnet50.bench)."""
+
+from ..bench import benchmark, format_report, parse_list
+from ..infer import BACKENDS
+from ..model import VARIANTS
+from . import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("benchmark", help="inference throughput/latency of each backend vs the measured peak")
+    p.add_argument("--weights", help="checkpoint to time; without it, --arch with random weights (same speed)")
+    p.add_argument("--arch", default=None, help="architecture name; default resnet50")
+    p.add_argument("--variant", choices=VARIANTS, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--size", type=int, default=None, help="input size; default the checkpoint's crop (224)")
+    p.add_argument("--backend", default=None,
+                   help=f"comma-separated backends; default: every installed one of {', '.join(BACKENDS)}")
+    p.add_argument("--batch", default="1,16", help="comma-separated batch sizes; 1 is SingleStream, more is Offline")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing; default 3")
+    p.add_argument("--runs", type=int, default=20, help="timed calls per backend and batch; default 20")
+    p.add_argument("--threads", type=int, default=None, help="threads; default: physical cores")
+    p.add_argument("--int8", default=None, help="INT8 .onnx model from 'resnet50 quantize' for the INT8 backends; "
+                   "default: quantise the model on random inputs (speed only)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    options = {k: v for k, v in dict(variant=args.variant, num_classes=args.num_classes,
+                                      in_chans=args.in_chans).items() if v is not None}
+    backends = parse_list(args.backend, "backend") if args.backend else None
+    report = benchmark(args.weights, args.arch, backends, parse_list(args.batch, "batch", int), args.warmup,
+                       args.runs, args.size, args.threads, args.int8, progress=True, **options)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report))
+    return 0

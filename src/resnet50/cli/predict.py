@@ -1,0 +1,47 @@
+"""resnet50 predict: classify image files, folders or glob patterns (resnet50.predict, resnet50.infer)."""
+
+import sys
+
+from ..data.decode import MAX_PIXELS
+from ..errors import UserError
+from ..infer import BACKENDS, create_backend, load_model
+from ..predict import expand_inputs, predict_files, to_csv, to_text
+from . import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify images (files, folders, glob patterns): top-k classes")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="image files, folders or glob patterns")
+    p.add_argument("--weights", help="checkpoint (.safetensors/.pth/.h5) or a model from export/quantize (.onnx)")
+    p.add_argument("--topk", type=int, default=5, help="classes per image; default 5")
+    p.add_argument("--backend", default="auto",
+                   help=f"auto (the fastest installed) or one of: {', '.join(BACKENDS)}; default auto")
+    p.add_argument("--batch-size", type=int, default=16, help="images per inference call; default 16")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images larger than this many pixels (decompression bombs); default {MAX_PIXELS}")
+    p.add_argument("--threads", type=int, default=None, help="inference threads; default: physical cores")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the results as JSON")
+    out.add_argument("--csv", action="store_true", help="print the results as CSV (file, rank, index, label, ...)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.weights is None:
+        raise UserError("predict needs --weights: a checkpoint (.safetensors, or import one with 'resnet50 convert') "
+                        "or an .onnx model from 'resnet50 export' / 'resnet50 quantize'")
+    files = expand_inputs(args.inputs)
+    im = load_model(args.weights)
+    backend = create_backend(args.backend, im, args.threads)
+    results = predict_files(files, im, backend, args.topk, args.batch_size, args.max_pixels, progress=True)
+    failed = sum(r.error is not None for r in results)
+    if args.json:
+        print_json({"backend": backend.name, "weights": args.weights, "arch": im.arch,
+                    "files": len(results), "failed": failed, "results": [r.to_dict() for r in results]})
+    elif args.csv:
+        sys.stdout.write(to_csv(results))
+    else:
+        print(to_text(results))
+    if failed:
+        print(f"resnet50 predict: {failed} of {len(results)} file(s) could not be read (see above)", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,154 @@
+"""Export a model to ONNX, TorchScript or torch.export, with a dynamic batch dimension and a parity check.
+
+Each export is traced on a batch of ``TRACE_BATCH`` images and then checked against eager PyTorch on a batch of
+``CHECK_BATCH`` (a different size, so a batch dimension frozen into the graph is caught): the largest absolute
+difference of the logits must be at most ``TOLERANCE``.
+
+ONNX goes through ``torch.onnx.export(..., dynamo=True)``, the torch.export-based exporter (needs ``onnxscript``).
+It is the default since PyTorch 2.9, and the TorchScript-based one (``dynamo=False``) warns on every call in
+torch 2.13 that it is deprecated and will be removed; the dynamo exporter also declares the batch dimension from a
+``torch.export.Dim`` instead of trusting a trace. Opset 18. The model's classes, preprocessing, architecture and
+config are stored in the ONNX ``metadata_props`` (keys in ``InferenceModel.metadata``); TorchScript and
+torch.export files keep the same keys as extra files (``metadata.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .infer import ONNX_INPUT, ONNX_OUTPUT, InferenceModel, OnnxRuntimeBackend, require
+from .weights import atomic_path
+
+FORMATS = ("onnx", "torchscript", "torch.export")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "torch.export": ".pt2"}
+TRACE_BATCH, CHECK_BATCH = 2, 3
+TOLERANCE = 1e-4
+OPSET = 18
+MAX_BATCH = 4096  # the upper bound declared for the dynamic batch dimension
+
+
+def _example(im: InferenceModel, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, im.in_chans, im.size, im.size, generator=g)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress lines on stdout and warnings (deprecations, missing torchvision ops) that say
+    nothing about the user's model; keep stdout clean for --json."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def _batch_dim():
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def _torch_model(im: InferenceModel) -> torch.nn.Module:
+    if im.model is None:
+        raise UserError(f"{im.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) or --arch")
+    return im.model.eval()
+
+
+def export_onnx(im: InferenceModel, path: Path, opset: int = OPSET) -> Path:
+    """Write ``im`` as ONNX (dynamic batch, metadata_props) to ``path``, atomically."""
+    require("onnxscript", "ONNX export")
+    onnx = require("onnx", "ONNX export")
+    model = _torch_model(im)
+    try:
+        with _quiet():
+            program = torch.onnx.export(model, (_example(im, TRACE_BATCH),), dynamo=True, opset_version=opset,
+                                        input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                                        dynamic_shapes=({0: _batch_dim()},), verbose=False)
+    except Exception as e:
+        raise UserError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from e
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for k, v in im.metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def export_torchscript(im: InferenceModel, path: Path) -> Path:
+    model = _torch_model(im)
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(model, _example(im, TRACE_BATCH))
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(im.metadata())})
+    return path
+
+
+def export_torch_export(im: InferenceModel, path: Path) -> Path:
+    model = _torch_model(im)
+    with _quiet():
+        program = torch.export.export(model, (_example(im, TRACE_BATCH),), dynamic_shapes=({0: _batch_dim()},))
+    buf = io.BytesIO()  # torch.export.save wants a name ending in .pt2 or a buffer; the temporary file has neither
+    torch.export.save(program, buf, extra_files={"metadata.json": json.dumps(im.metadata())})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
+
+
+def load_exported(fmt: str, path: Path):
+    """A callable on a float32 NCHW numpy batch for an exported file (what a deployment would load)."""
+    if fmt == "onnx":
+        return OnnxRuntimeBackend(path, "onnx")
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path))
+    else:
+        with _quiet():
+            module = torch.export.load(str(path)).module()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+    return run
+
+
+def parity(im: InferenceModel, run, batch: int = CHECK_BATCH) -> dict:
+    """Largest |logit difference| between eager and ``run`` on a random batch of ``batch`` images."""
+    x = _example(im, batch, seed=1)
+    with torch.inference_mode():
+        want = _torch_model(im)(x).numpy()
+    got = run(x.numpy())
+    if got.shape != want.shape:
+        return {"batch": batch, "max_abs_diff": None, "tolerance": TOLERANCE, "passed": False,
+                "error": f"output shape {got.shape}, eager {want.shape}"}
+    diff = float(np.max(np.abs(got - want)))
+    return {"batch": batch, "max_abs_diff": diff, "tolerance": TOLERANCE, "passed": diff <= TOLERANCE}
+
+
+def export(im: InferenceModel, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:
+    """Export ``im`` to ``fmt`` and check parity with eager; returns the report (``parity.passed`` is the verdict)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    path = Path(out) if out is not None else Path(f"{im.arch}{SUFFIXES[fmt]}")
+    writer = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_torch_export}[fmt]
+    writer(im, path)
+    report = {"format": fmt, "path": str(path), "bytes": path.stat().st_size, "arch": im.arch,
+              "input": [None, im.in_chans, im.size, im.size], "dynamic_batch": True, "trace_batch": TRACE_BATCH,
+              "metadata": im.metadata()}
+    if check:
+        report["parity"] = parity(im, load_exported(fmt, path))
+    return report

@@ -1,0 +1,175 @@
+"""Classify image files: decode, preprocess as the checkpoint says, run a backend in batches, report top-k.
+
+Preprocessing is the checkpoint's own (``Preprocessing``: resize the shorter side, centre crop, scale to 0..1,
+normalise) through the data package's ``decode_image`` and transforms, so prediction sees exactly what evaluation
+sees. Images become mode L for ``in_chans=1`` models and RGB otherwise (alpha composited on white; rules in
+``resnet50.data.decode``). Class names: the checkpoint's list; for 1000-class weights without one (imported
+torchvision/timm/Keras ImageNet weights) the bundled ImageNet-1k names (``imagenet_classes.txt``); else indices.
+
+A file that cannot be decoded (not an image, truncated, a decompression bomb) is reported with its reason and the
+rest of its batch still runs. Decoding runs on a thread pool, overlapping the backend's work on the previous batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
+from .data.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+from .errors import UserError
+from .infer import Backend, InferenceModel, topk
+from .weights import Preprocessing
+
+
+@lru_cache(maxsize=1)
+def imagenet_synsets_and_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(WordNet IDs, display names) of the 1000 ImageNet-1k classes in index order; the name is the first lemma."""
+    text = resources.files("resnet50").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple(r[0] for r in rows), tuple(r[1].split(",")[0].strip() for r in rows)
+
+
+def class_names(im: InferenceModel) -> list[str] | None:
+    if im.classes:
+        return list(im.classes)
+    if im.num_classes == 1000:
+        return list(imagenet_synsets_and_names()[1])
+    return None
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (image files below them, recursively, sorted) and glob patterns -> a list of files.
+    A named file is kept whatever its extension (it is reported if it does not decode); a folder contributes only
+    files with image extensions."""
+    files: list[Path] = []
+    for spec in specs:
+        s = str(spec)
+        p = Path(s)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UserError(f"folder {p} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif any(c in s for c in "*?["):
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+            if not found:
+                raise UserError(f"pattern {s!r} matches no files; check it (quote it so the shell leaves it to us)")
+            files += found
+        else:
+            raise UserError(f"{s} does not exist; give image files, folders or glob patterns")
+    if not files:
+        raise UserError("no input images given")
+    return files
+
+
+def make_transform(pre: Preprocessing, in_chans: int) -> Compose:
+    return Compose([Resize(pre.resize, pre.interpolation), CenterCrop(pre.crop), ToTensor(in_chans),
+                    Normalize(pre.mean, pre.std)])
+
+
+def preprocess(source: bytes | str | os.PathLike, im: InferenceModel, transform: Compose | None = None,
+               max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """One image (bytes or a path) -> float32 C x H x W, as the model expects. Raises ImageDecodeError."""
+    img = decode_image(source, im.in_chans, draft_size=im.preprocessing.resize, max_pixels=max_pixels, name=name)
+    transform = transform or make_transform(im.preprocessing, im.in_chans)
+    return transform(img).numpy()
+
+
+# --- prediction ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    file: str
+    top: list[dict] | None = None  # [{"rank", "index", "label", "probability"}], highest first
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "predictions": self.top} if self.error is None else \
+            {"file": self.file, "error": self.error}
+
+
+def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
+    idx, probs = topk(logits, k)
+    return [[{"rank": r + 1, "index": int(i), "label": names[i] if names else str(int(i)), "probability": float(p)}
+             for r, (i, p) in enumerate(zip(row_i, row_p))] for row_i, row_p in zip(idx, probs)]
+
+
+def predict_files(files: Sequence[Path], im: InferenceModel, backend: Backend, k: int = 5, batch_size: int = 16,
+                  max_pixels: int = MAX_PIXELS, progress: bool = False, workers: int = 2) -> list[Prediction]:
+    """Top-``k`` predictions for each file, in the order given; failures are Predictions with ``error`` set."""
+    from tqdm import tqdm
+
+    if k < 1:
+        raise UserError(f"--topk must be >= 1, got {k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    names = class_names(im)
+    transform = make_transform(im.preprocessing, im.in_chans)
+
+    def load(path: Path):
+        try:
+            return preprocess(path, im, transform, max_pixels)
+        except ImageDecodeError as e:
+            return e.reason
+
+    out: list[Prediction] = []
+    bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < 2, leave=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        # Decode at most two batches ahead of the backend: memory stays bounded however many files there are.
+        pending: deque = deque()
+        next_file = 0
+        for start in range(0, len(files), batch_size):
+            while next_file < min(len(files), start + 2 * batch_size):
+                pending.append(pool.submit(load, files[next_file]))
+                next_file += 1
+            chunk = files[start:start + batch_size]
+            arrays = [pending.popleft().result() for _ in chunk]
+            good = [i for i, a in enumerate(arrays) if isinstance(a, np.ndarray)]
+            rows = label_rows(backend(np.stack([arrays[i] for i in good])), k, names) if good else []
+            by_index = dict(zip(good, rows))
+            for i, path in enumerate(chunk):
+                out.append(Prediction(str(path), top=by_index[i]) if i in by_index else
+                           Prediction(str(path), error=str(arrays[i])))
+            bar.update(len(chunk))
+    return out
+
+
+def to_csv(results: Sequence[Prediction]) -> str:
+    """One row per (file, rank); a failed file is one row with the error and empty prediction fields."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "rank", "index", "label", "probability", "error"])
+    for r in results:
+        if r.error is not None:
+            w.writerow([r.file, "", "", "", "", r.error])
+        else:
+            for p in r.top:
+                w.writerow([r.file, p["rank"], p["index"], p["label"], f"{p['probability']:.6f}", ""])
+    return buf.getvalue()
+
+
+def to_text(results: Sequence[Prediction]) -> str:
+    lines = []
+    for r in results:
+        if r.error is not None:
+            lines.append(f"{r.file}: ERROR {r.error}")
+        else:
+            lines.append(f"{r.file}: " + ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r.top))
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""INT8 post-training static quantisation with ONNX Runtime, and its accuracy before and after.
+
+Settings, and why:
+- QDQ format (QuantizeLinear/DequantizeLinear pairs around each op): ONNX Runtime fuses them into integer kernels
+  (QLinearConv and friends) at load time, and other runtimes (OpenVINO, TensorRT) read the same file.
+- Activations uint8 (asymmetric), weights int8 (symmetric), i.e. U8S8: the combination ONNX Runtime's x86 integer
+  GEMM kernels (AVX2 ``vpmaddubsw``, AVX512-VNNI ``vpdpbusd``) are built for.
+- Per-channel weight scales: one scale per output channel of each convolution; with per-tensor scales the
+  channels with small weights lose most of their resolution.
+- ``reduce_range`` (7-bit weights) only where the CPU lacks VNNI: AVX2's ``vpmaddubsw`` adds pairs of u8 x s8
+  products into int16, which can saturate with full-range weights; VNNI accumulates in int32 and does not. Decided
+  on the machine that quantises (``auto``); pass ``reduce_range=True`` when the model will run on AVX2-only CPUs.
+- Calibration: MinMax over the calibration images by default (a few hundred images suffice for ResNets);
+  ``percentile`` (99.999) clips outliers and is the alternative when MinMax loses accuracy.
+- The fp32 graph first goes through ``quant_pre_process`` (shape inference and graph optimisation, e.g. BN folded
+  into the convolutions), as ONNX Runtime recommends, so the quantised graph has no BN left to run in float.
+
+The report holds top-1 agreement between INT8 and fp32 on a held-out set (``eval_dir``, else every 5th calibration
+file, never used for calibration) and, where the images sit in class folders whose names are the model's classes
+(or ImageNet WordNet IDs for 1000-class models), the top-1 accuracy of both.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .data.decode import ImageDecodeError
+from .errors import UserError
+from .infer import (ONNX_INPUT, InferenceModel, OnnxRuntimeBackend, create_backend, load_model, onnx_file,
+                    require)
+from .predict import expand_inputs, imagenet_synsets_and_names, make_transform, preprocess
+from .weights import atomic_path
+
+CALIB_METHODS = ("minmax", "percentile")
+QUANTIZATION = "int8-qdq-u8s8-per-channel"
+
+
+def has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata: dict[str, str],
+                  method: str = "minmax", reduce_range: bool | None = None) -> dict:
+    """Quantise the fp32 ONNX model ``fp32`` with calibration ``batches`` (float32 NCHW) into ``out`` (atomically);
+    ``metadata`` goes into its metadata_props with the quantisation settings added. Returns the settings."""
+    require("onnxruntime", "INT8 quantisation")
+    onnx = require("onnx", "INT8 quantisation")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    if method not in CALIB_METHODS:
+        raise UserError(f"unknown calibration method {method!r}; choose from: {', '.join(CALIB_METHODS)}")
+    if reduce_range is None:
+        reduce_range = not has_vnni()
+    calib_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+            self.count = 0
+
+        def get_next(self):
+            x = next(self.it, None)
+            if x is None:
+                return None
+            self.count += len(x)
+            return {ONNX_INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+
+    reader = Reader()
+    with tempfile.TemporaryDirectory(prefix="resnet50-quant-") as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calib_method,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       **({"CalibPercentile": 99.999} if method == "percentile" else {})})
+        if reader.count == 0:
+            raise UserError("no calibration images could be read; give a folder of images with --calib")
+        proto = onnx.load(str(q))
+    settings = {"format": "QDQ", "activations": "uint8 asymmetric", "weights": "int8 symmetric per-channel",
+                "reduce_range": reduce_range, "calibration": method, "calibration_images": reader.count}
+    del proto.metadata_props[:]
+    for k, v in {**metadata, "quantization": QUANTIZATION,
+                 "quantization_settings": __import__("json").dumps(settings)}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    with atomic_path(out) as tmp_out:
+        onnx.save(proto, str(tmp_out))
+    return settings
+
+
+def _labels(files: Sequence[Path], root: Path | None, im: InferenceModel) -> list[int] | None:
+    """Class indices from the files' class folders (their parent folder's name), or None where they do not map."""
+    if root is None:
+        return None
+    names = list(im.classes) if im.classes else (list(imagenet_synsets_and_names()[0]) if im.num_classes == 1000
+                                                 else None)
+    if names is None:
+        return None
+    lookup = {n: i for i, n in enumerate(names)}
+    labels = []
+    for f in files:
+        label = lookup.get(f.parent.name) if f.parent != root else None
+        if label is None:
+            return None
+        labels.append(label)
+    return labels
+
+
+def _arrays(files: Sequence[Path], im: InferenceModel) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocessed images, the positions of the files that decoded, and the failures."""
+    transform = make_transform(im.preprocessing, im.in_chans)
+    arrays, kept, failed = [], [], []
+    for i, f in enumerate(files):
+        try:
+            arrays.append(preprocess(f, im, transform))
+            kept.append(i)
+        except ImageDecodeError as e:
+            failed.append(str(e))
+    shape = (0, im.in_chans, im.size, im.size)
+    return (np.stack(arrays) if arrays else np.zeros(shape, np.float32)), kept, failed
+
+
+def _batched(x: np.ndarray, size: int) -> list[np.ndarray]:
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+def _run(backend, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([backend(b) for b in _batched(x, batch)]) if len(x) else np.zeros((0, 0))
+
+
+def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: str | Path | None = None,
+             calib_count: int = 300, method: str = "minmax", reduce_range: bool | None = None,
+             progress: bool = False) -> dict:
+    """Quantise a checkpoint (or fp32 ONNX export) to INT8 with images from ``calib``; report accuracy on
+    ``eval_dir`` (or a held-out fifth of ``calib``) before and after. Returns the report."""
+    from tqdm import tqdm
+
+    if calib_count < 1:
+        raise UserError(f"--calib-count must be >= 1, got {calib_count}")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise UserError(f"the INT8 model is an ONNX file: name the output {out.with_suffix('.onnx')}")
+    im = load_model(weights)
+    if im.quantization:
+        raise UserError(f"{weights} is already quantised; give the fp32 checkpoint or fp32 ONNX export")
+    calib_root = Path(calib)
+    if not calib_root.is_dir():
+        raise UserError(f"--calib {calib} is not a folder; give a folder of images (class subfolders allowed)")
+    files = expand_inputs([calib_root])
+    if eval_dir is None:
+        eval_files = files[4::5]  # every 5th file held out; never seen by calibration
+        calib_files = [f for i, f in enumerate(files) if i % 5 != 4]
+        eval_root = calib_root
+    else:
+        eval_root = Path(eval_dir)
+        if not eval_root.is_dir():
+            raise UserError(f"--eval {eval_dir} is not a folder; give a folder of images")
+        eval_files, calib_files = expand_inputs([eval_root]), files
+    if not calib_files or not eval_files:
+        raise UserError(f"{calib} has {len(files)} image(s): too few to calibrate and hold out a set; "
+                        "give at least 2 (better: a few hundred)")
+    pick = np.unique(np.linspace(0, len(calib_files) - 1, min(calib_count, len(calib_files))).round().astype(int))
+    calib_files = [calib_files[i] for i in pick]
+
+    t0 = time.perf_counter()
+    fp32 = onnx_file(im)
+    calib_x, _, calib_failed = _arrays(calib_files, im)
+    bar = tqdm(total=len(calib_x), unit="img", desc="calibrating", disable=not progress, leave=False)
+
+    def batches():
+        for b in _batched(calib_x, 8):
+            bar.update(len(b))
+            yield b
+    with bar:
+        settings = quantize_onnx(fp32, out, batches(), im.metadata(), method, reduce_range)
+    seconds = time.perf_counter() - t0
+
+    eval_x, kept, eval_failed = _arrays(eval_files, im)
+    labels = _labels([eval_files[i] for i in kept], eval_root, im)
+    before = _run(create_backend("onnx", im), eval_x)
+    after = _run(OnnxRuntimeBackend(out, "onnx-int8"), eval_x)
+    p_before, p_after = before.argmax(1), after.argmax(1)
+    report = {
+        "out": str(out), "bytes": out.stat().st_size, "fp32_bytes": Path(fp32).stat().st_size,
+        "arch": im.arch, "settings": settings, "seconds": round(seconds, 2),
+        "calibration": {"folder": str(calib_root), "images": len(calib_x), "failed": len(calib_failed)},
+        "evaluation": {"folder": str(eval_root), "held_out_from_calib": eval_dir is None, "images": len(kept),
+                       "failed": len(eval_failed),
+                       "top1_agreement": float(np.mean(p_before == p_after)),
+                       "max_abs_logit_diff": float(np.max(np.abs(before - after))),
+                       "top1_fp32": None, "top1_int8": None,
+                       "labels": "class folders" if labels is not None else
+                       "none (images are not in folders named after the model's classes)"},
+    }
+    if labels is not None:
+        y = np.asarray(labels)
+        report["evaluation"]["top1_fp32"] = float(np.mean(p_before == y))
+        report["evaluation"]["top1_int8"] = float(np.mean(p_after == y))
+    return report
+
+
+def quantize_random(im: InferenceModel, out: Path, images: int = 32, seed: int = 0) -> dict:
+    """Quantise ``im`` calibrated on random normal inputs: for speed measurements only (benchmarks of random-weight
+    models), never for a model whose accuracy matters."""
+    x = np.random.default_rng(seed).standard_normal((images, im.in_chans, im.size, im.size), dtype=np.float32)
+    return quantize_onnx(onnx_file(im), out, _batched(x, 8), {**im.metadata(), "source": im.source +
+                                                             " (INT8 calibrated on random inputs: speed only)"})
