@@ -1,0 +1,33 @@
+"""resnet50 experiment degradation: plain vs residual nets of two depths, as in the paper's Figures 1 and 6."""
+
+from . import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiment", help="paper experiments: 'degradation' (plain vs residual, Fig. 1 and 6)")
+    p.add_argument("name", choices=("degradation",))
+    p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
+    p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="per 256 images")
+    p.add_argument("--max_steps", type=int, default=0, help="stop each run after this many steps (smoke tests)")
+    p.add_argument("--out", default="runs/degradation")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..experiments import degradation
+
+    depths = [int(x) for x in args.depths.split(",") if x.strip()]
+    result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         out=args.out, max_steps=args.max_steps, progress=not args.no_progress)
+    if args.json:
+        print_json(result)
+    else:
+        for r in result["runs"]:
+            print(f"{r['arch']:<18} final train error {r['train_error']:.2%}  val error {r['val_error']:.2%}")
+        print(f"wrote {result['plot']}")
+    return 0

@@ -1,0 +1,45 @@
+"""resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
+
+import dataclasses
+import time
+
+from ..recipes import RECIPES, SECTIONS, resolve
+from . import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model (default: ResNet-50 on the embedded Fashion-MNIST subset)",
+                       description="Train with a named recipe; every config field is a flag (--lr, --epochs, "
+                                   "--data, ...). With no --data, trains on the embedded Fashion-MNIST subset.")
+    p.add_argument("--recipe", default="demo", choices=list(RECIPES), help="named recipe (default: demo)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="a run folder or last.pt to continue exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    for sec, typ in SECTIONS.items():
+        g = p.add_argument_group(f"{sec} options")
+        for f in dataclasses.fields(typ):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            g.add_argument(f"--{f.name}", default=None, metavar=type(default).__name__.upper(),
+                           help=f"(recipe default; base {default!r})")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import load_checkpoint, train
+    from ..recipes import TrainConfig, apply_overrides, flat_fields
+
+    overrides = {k: getattr(args, k) for k in flat_fields() if getattr(args, k) is not None}
+    if args.resume:
+        # the checkpoint's config; options given now must not contradict it (train() checks)
+        cfg = apply_overrides(TrainConfig.from_dict(load_checkpoint(args.resume)["config"]), overrides)
+    else:
+        cfg = resolve(args.recipe, overrides)
+        if not cfg.run.name:
+            cfg.run.name = f"{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"done: {result['run_dir']}  best val top-1 {result['best_val_top1']:.2%}")
+    return 0
+

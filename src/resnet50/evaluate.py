@@ -1,0 +1,181 @@
+"""Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, with centre crop, flip TTA or the
+paper's 10-crop (four corners and centre, and their mirrors; the softmax scores are averaged, as in He et al.)."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .errors import UserError
+
+TTA_MODES = ("none", "flip", "ten-crop")
+
+
+def predict_scores(model: nn.Module, images: Tensor, tta: str = "none") -> Tensor:
+    """Class probabilities (B, K) for a batch: (B, C, H, W), or (B, 10, C, H, W) from a ten-crop transform."""
+    if images.dim() == 5:  # ten-crop: average the softmax of the 10 views
+        b, v = images.shape[:2]
+        probs = model(images.flatten(0, 1)).float().softmax(1)
+        return probs.view(b, v, -1).mean(1)
+    probs = model(images).float().softmax(1)
+    if tta == "flip":
+        probs = (probs + model(images.flip(-1)).float().softmax(1)) / 2
+    return probs
+
+
+class Metrics:
+    """Running top-1/top-5/loss and the confusion matrix, from class probabilities."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.k = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.loss_sum, self.top5_hits, self.n = 0.0, 0, 0
+
+    def update(self, probs: Tensor, labels: Tensor) -> None:
+        probs, labels = probs.detach().float().cpu(), labels.cpu()
+        self.loss_sum += float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).sum())
+        top = probs.topk(min(5, self.k), dim=1).indices
+        self.top5_hits += int((top == labels[:, None]).any(1).sum())
+        self.confusion += torch.bincount(labels * self.k + top[:, 0], minlength=self.k * self.k).view(self.k, self.k)
+        self.n += labels.shape[0]
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        packed = torch.cat([self.confusion.flatten().double(),
+                            torch.tensor([self.loss_sum, self.top5_hits, self.n], dtype=torch.float64)])
+        dist.all_reduce(packed)
+        k2 = self.k * self.k
+        self.confusion = packed[:k2].round().long().view(self.k, self.k)
+        self.loss_sum, self.top5_hits, self.n = float(packed[k2]), int(packed[k2 + 1]), int(packed[k2 + 2])
+
+    def result(self, classes: list[str] | None = None) -> dict:
+        if self.n == 0:
+            raise UserError("no samples were evaluated: the dataset is empty or every file was unreadable")
+        per_class_n = self.confusion.sum(1)
+        correct = self.confusion.diag()
+        names = classes or [str(i) for i in range(self.k)]
+        return {
+            "top1": float(correct.sum()) / self.n,
+            "top5": self.top5_hits / self.n,
+            "loss": self.loss_sum / self.n,
+            "samples": self.n,
+            "per_class_accuracy": {names[i]: (float(correct[i] / per_class_n[i]) if per_class_n[i] else None)
+                                   for i in range(self.k)},
+            "confusion_matrix": self.confusion.tolist(),
+            "classes": names,
+        }
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", device: torch.device | str = "cpu",
+             channels_last: bool = True, autocast_dtype: torch.dtype | None = None, classes: list[str] | None = None,
+             progress: bool = True) -> dict:
+    """Metrics of ``model`` over ``loader`` (batches of images, labels, skipped records)."""
+    if tta not in TTA_MODES:
+        raise UserError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+    device = torch.device(device)
+    model.eval()
+    metrics = Metrics(num_classes)
+    skipped = []
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    start = time.perf_counter()
+    for images, labels, bad in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        skipped.extend(bad)
+        if labels.numel() == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with amp:
+            probs = predict_scores(model, images, tta)
+        metrics.update(probs, labels)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # each rank saw its own share
+        metrics.all_reduce()
+    out = metrics.result(classes)
+    out["tta"] = tta
+    out["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
+    """Write confusion.json and confusion.png (rows: true class, columns: predicted) into ``out_dir``."""
+    from .weights import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "confusion.json") as tmp:
+        tmp.write_text(json.dumps({"classes": result["classes"], "matrix": result["confusion_matrix"]}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = torch.tensor(result["confusion_matrix"], dtype=torch.float)
+    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    k = len(result["classes"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * k + 2), max(4, 0.6 * k + 1)))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), result["classes"], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), result["classes"], fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"top-1 {result['top1']:.2%} on {result['samples']} images")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(out_dir / "confusion.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return [out_dir / "confusion.json", out_dir / "confusion.png"]
+
+
+def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: str = "none", batch_size: int = 100,
+                     workers: int = 0, out: str | None = None, progress: bool = True) -> dict:
+    """Evaluate a weights file (or a run folder's best.safetensors) on a dataset with the checkpoint's own
+    preprocessing. For images smaller than the crop (28 px Fashion-MNIST into 32), ten-crop first resizes the
+    image to crop + 4 px so that the ten crops differ."""
+    import dataclasses
+
+    from .data import TransformConfig, build_dataset, build_loader, build_transform
+    from .weights import load
+
+    path = Path(weights_path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    ckpt = load(path)
+    cfg = ckpt.model.cfg
+    pre = ckpt.preprocessing
+    dataset = build_dataset(data, split, in_chans=cfg.in_chans)
+    classes = ckpt.classes or list(getattr(dataset, "classes", []))
+    if cfg.num_classes != len(dataset.classes):
+        raise UserError(f"the weights have {cfg.num_classes} classes, the dataset {len(dataset.classes)}; "
+                        "evaluate on the dataset the model was trained for")
+    tcfg = TransformConfig(image_size=pre.crop, crop_pct=pre.crop / pre.resize, mean=pre.mean, std=pre.std,
+                           interpolation=pre.interpolation, in_chans=cfg.in_chans)
+    ten = tta == "ten-crop"
+    if ten and tcfg.eval_size < tcfg.image_size:
+        tcfg = dataclasses.replace(tcfg, crop_pct=pre.crop / (pre.crop + 4))
+    dataset.transform = build_transform(tcfg, train=False, ten_crop=ten)
+    loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0)
+    result = evaluate(ckpt.model, loader, cfg.num_classes, tta=tta, classes=classes, progress=progress)
+    result.update(weights=str(path), data=str(data), split=split, arch=ckpt.arch, variant=cfg.variant)
+    if out:
+        from .weights import atomic_path
+
+        save_confusion(result, out)
+        with atomic_path(Path(out) / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+    return result
