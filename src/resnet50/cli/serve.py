@@ -1,0 +1,52 @@
+"""resnet50 serve: an HTTP inference server with dynamic batching (resnet50.serve)."""
+
+import ipaddress
+import sys
+
+from ..infer import BACKENDS, create_backend, load_model
+from ..serve import ServeConfig, serve
+
+
+def register(sub) -> None:
+    d = ServeConfig()
+    p = sub.add_parser("serve", help="HTTP server: POST /predict, GET /health, GET /metrics (Prometheus)")
+    p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or .onnx from export/quantize")
+    p.add_argument("--backend", default="auto", help=f"auto or one of: {', '.join(BACKENDS)}; default auto")
+    p.add_argument("--host", default=d.host, help=f"address to bind; default {d.host} (this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"default {d.port}")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"largest dynamic batch; default {d.max_batch}")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help=f"how long the first image of a batch waits for others; default {d.max_wait_ms}")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency,
+                   help=f"requests in flight before 503; default {d.max_concurrency}")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help=f"413 past this; default {d.max_body_mb}")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help=f"refuse larger images before decoding (413); default {d.max_pixels}")
+    p.add_argument("--topk", type=int, default=d.topk, help=f"classes per answer; default {d.topk}")
+    p.add_argument("--threads", type=int, default=None, help="inference threads; default: physical cores")
+    p.add_argument("--json", action="store_true", help="print the startup settings as JSON, then serve")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = ServeConfig(args.host, args.port, args.max_batch, args.max_wait_ms, args.max_concurrency, args.max_body_mb,
+                      args.max_pixels, args.topk)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    im = load_model(args.weights)
+    backend = create_backend(args.backend, im, args.threads)
+    info = {"url": f"http://{args.host}:{args.port}", "backend": backend.name, "arch": im.arch,
+            "weights": args.weights, "loopback_only": loopback}
+    if args.json:
+        from . import print_json
+        print_json(info)
+        sys.stdout.flush()
+    else:
+        print(f"serving {im.arch} ({backend.name}) on {info['url']}: POST /predict, GET /health, GET /metrics",
+              file=sys.stderr)
+    if not loopback:
+        print(f"resnet50 serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    serve(im, backend, cfg)
+    return 0

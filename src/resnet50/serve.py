@@ -1,0 +1,349 @@
+"""An HTTP inference server: Starlette on uvicorn, with dynamic batching on one inference thread.
+
+    POST /predict   the image as the raw body (any Content-Type but form/JSON/text), or a multipart form with one
+                    file field. 200: {"predictions": [{"rank", "index", "label", "probability"}, ...], "batch": n}
+    GET  /health    {"status": "ok", model, backend, settings}
+    GET  /metrics   Prometheus text format: requests by status, request latency histogram, batch-size histogram,
+                    requests in flight
+
+Flow of a request: the body is read with a byte limit (413 past ``max_body_mb``, checked on Content-Length first
+and again while streaming); the image header is read and an image of more than ``max_pixels`` refused (413, before
+its pixels are decoded: decompression bombs); decoding and preprocessing run on a small thread pool; the tensor
+joins the batching queue. The inference thread takes the first waiting image, then whatever else arrives within
+``max_wait_ms``, up to ``max_batch`` images, runs them as one batch and resolves each request's future. The event
+loop never runs decoding or inference. Past ``max_concurrency`` requests in flight, /predict answers 503 at once.
+Malformed input is a 4xx with a JSON body {"error": ...}: 400 not an image / truncated / empty / bad form, 413 too
+large, 415 a JSON, text or urlencoded body. It binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import queue
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data.decode import ImageDecodeError
+from .errors import UserError
+from .infer import Backend, InferenceModel, require
+from .predict import class_names, label_rows, make_transform, preprocess
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_concurrency: int = 64
+    max_body_mb: float = 20.0
+    max_pixels: int = 50_000_000  # a 50-megapixel photo passes; more is refused before decoding
+    topk: int = 5
+    decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_concurrency", "max_pixels", "topk", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.max_body_mb <= 0:
+            raise UserError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be 0..65535, got {self.port}")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum, self.count = 0.0, 0
+
+    def observe(self, v: float) -> None:
+        i = next((i for i, b in enumerate(self.buckets) if v <= b), len(self.buckets))
+        self.counts[i] += 1
+        self.sum += v
+        self.count += 1
+
+    def lines(self, name: str) -> list[str]:
+        out, cum = [], 0
+        for b, c in zip(self.buckets + (float("inf"),), self.counts):
+            cum += c
+            le = "+Inf" if b == float("inf") else f"{b:g}"
+            out.append(f'{name}_bucket{{le="{le}"}} {cum}')
+        return out + [f"{name}_sum {self.sum:.6f}", f"{name}_count {self.count}"]
+
+
+class Metrics:
+    """Counters and histograms, shared by the event loop and the inference thread (hence the lock)."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[int, int] = {}
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.batch = Histogram(tuple(sorted({2 ** i for i in range(max_batch.bit_length())} | {max_batch})))
+        self.in_flight = 0
+
+    def request(self, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[status] = self.requests.get(status, 0) + 1
+            self.latency.observe(seconds)
+
+    def batch_size(self, n: int) -> None:
+        with self.lock:
+            self.batch.observe(n)
+
+    def render(self) -> str:
+        with self.lock:
+            lines = ["# HELP resnet50_requests_total Prediction requests answered, by HTTP status.",
+                     "# TYPE resnet50_requests_total counter"]
+            lines += [f'resnet50_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+            lines += ["# HELP resnet50_request_latency_seconds Time from request to response for /predict.",
+                      "# TYPE resnet50_request_latency_seconds histogram"]
+            lines += self.latency.lines("resnet50_request_latency_seconds")
+            lines += ["# HELP resnet50_batch_size Images per inference call (dynamic batching).",
+                      "# TYPE resnet50_batch_size histogram"]
+            lines += self.batch.lines("resnet50_batch_size")
+            lines += ["# HELP resnet50_requests_in_flight /predict requests being handled now.",
+                      "# TYPE resnet50_requests_in_flight gauge", f"resnet50_requests_in_flight {self.in_flight}"]
+        return "\n".join(lines) + "\n"
+
+
+# --- dynamic batching -------------------------------------------------------------------------------------------
+
+class Batcher:
+    """One inference thread: take the first queued image, add those that arrive within ``max_wait`` up to
+    ``max_batch``, run the batch, resolve each future with (logits row, batch size)."""
+
+    def __init__(self, backend: Backend, max_batch: int, max_wait_s: float, metrics: Metrics) -> None:
+        self.backend, self.max_batch, self.max_wait_s, self.metrics = backend, max_batch, max_wait_s, metrics
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="resnet50-inference", daemon=True)
+        self.thread.start()
+
+    def submit(self, x: np.ndarray) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((x, fut))
+        return fut
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            items, stop = [first], False
+            deadline = time.monotonic() + self.max_wait_s
+            while len(items) < self.max_batch:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            self._run(items)
+            if stop:
+                return
+
+    def _run(self, items: list) -> None:
+        try:
+            logits = self.backend(np.stack([x for x, _ in items]))
+        except Exception as e:  # a backend failure fails these requests (500), never the thread
+            for _, fut in items:
+                fut.set_exception(e)
+            return
+        self.metrics.batch_size(len(items))
+        for row, (_, fut) in zip(logits, items):
+            fut.set_result((row, len(items)))
+
+
+# --- the application --------------------------------------------------------------------------------------------
+
+def _image_pixels(data: bytes) -> int | None:
+    """Width x height from the image header (no pixel decoding), or None when Pillow cannot identify it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+        return w * h
+    except Exception:  # not an image: decoding reports it properly
+        return None
+
+
+async def _read_body(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise HTTPError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit (--max-body-mb)")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPError(413, f"body exceeds the {limit}-byte limit (--max-body-mb)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request, body: bytes, limit: int) -> bytes:
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=16, max_part_size=limit)
+        except Exception as e:  # starlette raises MultiPartException / HTTPException for malformed forms
+            raise HTTPError(400, f"malformed multipart form: {getattr(e, 'detail', None) or e}") from None
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise HTTPError(400, "the multipart form has no file field; send the image as a file (e.g. -F file=@x.jpg)")
+        return await files[0].read()
+    if ctype in ("application/json", "application/x-www-form-urlencoded") or ctype.startswith("text/"):
+        raise HTTPError(415, f"Content-Type {ctype} is not an image; send raw image bytes or a multipart form")
+    return body
+
+
+def create_app(im: InferenceModel, backend: Backend, cfg: ServeConfig):
+    """The Starlette application (the batching thread starts and stops with it)."""
+    require("starlette", "resnet50 serve")
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    metrics = Metrics(cfg.max_batch)
+    names = class_names(im)
+    transform = make_transform(im.preprocessing, im.in_chans)
+    body_limit = int(cfg.max_body_mb * 1024 * 1024)
+    state: dict = {}
+
+    def prepare(data: bytes) -> np.ndarray:
+        if not data:
+            raise HTTPError(400, "empty body; send the image bytes")
+        pixels = _image_pixels(data)
+        if pixels is not None and pixels > cfg.max_pixels:
+            raise HTTPError(413, f"image of {pixels} pixels exceeds --max-pixels {cfg.max_pixels} "
+                                 "(decompression bomb guard)")
+        try:
+            return preprocess(data, im, transform, max_pixels=cfg.max_pixels, name="request body")
+        except ImageDecodeError as e:  # Pillow names the BytesIO object it read from: name the body instead
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the request body", e.reason)
+            raise HTTPError(400, f"not a readable image: {reason}") from None
+
+    async def predict(request):
+        start = time.perf_counter()
+        if metrics.in_flight >= cfg.max_concurrency:
+            metrics.request(503, time.perf_counter() - start)
+            return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
+                                status_code=503, headers={"Retry-After": "1"})
+        metrics.in_flight += 1
+        status = 500
+        try:
+            body = await _read_body(request, body_limit)
+            data = await _image_bytes(request, body, body_limit)
+            loop = asyncio.get_running_loop()
+            x = await loop.run_in_executor(state["decode_pool"], prepare, data)
+            row, batch = await asyncio.wrap_future(state["batcher"].submit(x))
+            top = label_rows(row[None, :], cfg.topk, names)[0]
+            status = 200
+            return JSONResponse({"predictions": top, "batch": batch})
+        except HTTPError as e:
+            status = e.status
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        except Exception as e:  # a bug or a backend failure: still JSON, still counted
+            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+        finally:
+            metrics.in_flight -= 1
+            metrics.request(status, time.perf_counter() - start)
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "arch": im.arch, "classes": im.num_classes, "backend": backend.name,
+                             "input": [im.in_chans, im.size, im.size], "settings": asdict(cfg)})
+
+    async def metrics_endpoint(request):
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["decode_pool"] = concurrent.futures.ThreadPoolExecutor(cfg.decode_threads, "resnet50-decode")
+        state["batcher"] = Batcher(backend, cfg.max_batch, cfg.max_wait_ms / 1e3, metrics)
+        try:
+            yield
+        finally:
+            state["batcher"].close()
+            state["decode_pool"].shutdown(wait=False, cancel_futures=True)
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health),
+                            Route("/metrics", metrics_endpoint)], lifespan=lifespan)
+    app.state.metrics = metrics
+    return app
+
+
+def _uvicorn_config(app, cfg: ServeConfig, log_level: str):
+    uvicorn = require("uvicorn", "resnet50 serve")
+    return uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
+                          lifespan="on", timeout_keep_alive=5)
+
+
+def serve(im: InferenceModel, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
+    """Run the server in the foreground until interrupted."""
+    import uvicorn
+
+    uvicorn.Server(_uvicorn_config(create_app(im, backend, cfg), cfg, log_level)).run()
+
+
+class BackgroundServer:
+    """The server on a thread, for tests and load scripts: ``with BackgroundServer(im, backend, cfg) as s:`` then
+    ``s.url``. It binds its own socket first (port 0 picks a free one, no race) and stops on exit."""
+
+    def __init__(self, im: InferenceModel, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
+        import socket
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((cfg.host, cfg.port))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{cfg.host}:{self.port}"
+        self.app = create_app(im, backend, cfg)
+        self.server = uvicorn.Server(_uvicorn_config(self.app, cfg, log_level))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
