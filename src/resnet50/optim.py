@@ -35,7 +35,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 
 class Lamb(torch.optim.Optimizer):
     """LAMB (You et al. 2019) as timm implements it for "ResNet strikes back": Adam moments with bias correction,
-    decoupled weight decay added to the update, and the update scaled per tensor by the trust ratio
+    weight decay added to the update, and, for tensors with weight decay, the update scaled by the trust ratio
     ||w|| / ||update|| (1 where either norm is zero). Gradients are clipped to a global norm of ``max_grad_norm``."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01,
@@ -71,9 +71,10 @@ class Lamb(torch.optim.Optimizer):
                 update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt().add_(group["eps"]))
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust, alpha=-group["lr"])
+                    # the trust ratio, as timm: only where there is weight decay (so BN and biases take Adam steps)
+                    w_norm, u_norm = p.norm(), update.norm()
+                    update.mul_(torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm)))
+                p.add_(update, alpha=-group["lr"])
         return loss
 
 
