@@ -7,8 +7,8 @@ Batch format. Iterating a :class:`Loader` yields :class:`Batch` named tuples::
     skipped  tuple of Skipped(path, reason): samples of this batch that could not be read; they are not in
              images / labels, so B = batch_size - len(skipped) (or fewer in an epoch's last batch)
 
-A batch in which every sample failed is not yielded (its skips are still recorded). Unpack as
-``for images, labels, skipped in loader``.
+A batch in which every sample failed is still yielded, empty (``labels.numel() == 0``, ``images`` of shape (0,)),
+so that its ``skipped`` records reach the caller: skip it. Unpack as ``for images, labels, skipped in loader``.
 
 Skipped files. A file that cannot be read (missing, truncated, corrupt, a decompression bomb, a tar shard that breaks
 off) raises ``ImageDecodeError`` in the dataset; the loader catches exactly that error, in the worker, and hands a
@@ -207,7 +207,7 @@ class Loader:
 
     def __len__(self) -> int:
         """Batches the next (or current) iteration yields; for shards an estimate, and only when the sample count
-        is known. Batches whose samples were all skipped are not yielded, so it can be a little less."""
+        is known."""
         total = self._epoch_samples()
         if total is None:
             raise TypeError("the number of batches is unknown for shards without a sample count")
@@ -234,8 +234,7 @@ class Loader:
             if self.sampler is not None:
                 self._consumed = min(self._consumed, total)
             self.skipped.extend(batch.skipped)
-            if batch.labels.numel():
-                yield batch
+            yield batch
         self.epoch, self._consumed = epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:

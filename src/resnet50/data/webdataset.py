@@ -113,10 +113,21 @@ def read_shard(shard: str) -> Iterator[RawSample | Skipped]:
                         count += 1
                     key, files = member_key, {}
                 files[ext.lower()] = data
+            end, plain = tar.offset, getattr(tar.fileobj, "comptype", "tar") == "tar"
+        # tarfile takes a file cut at a 512-byte boundary for a finished archive; a whole one has an end marker of
+        # two zero blocks there. (A cut compressed shard fails in its decompressor instead.)
+        if plain and not _has_end_marker(shard, end):
+            raise tarfile.ReadError("it ends without the tar end marker (truncated)")
         if files:
             yield RawSample(shard, key, files)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         yield Skipped(shard, f"unreadable tar shard after {count} samples: {e}")
+
+
+def _has_end_marker(shard: str, offset: int) -> bool:
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        return f.read(1024) == bytes(1024)
 
 
 def sample_label(raw: RawSample) -> int:
