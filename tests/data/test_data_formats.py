@@ -60,6 +60,14 @@ def test_imagenet_style_root_selects_the_split_folder_with_train_labels(tmp_path
         build_dataset(tmp_path, "test")
 
 
+def test_a_class_list_fixes_folder_labels(tmp_path, make_folder, make_cifar):
+    make_folder(tmp_path / "f", {"a": ["1.png"], "b": ["2.png"]})
+    assert build_dataset(tmp_path / "f", "test", classes=["b", "a", "c"]).targets == [1, 0]
+    make_cifar(tmp_path / "c", 10, per_batch=2)
+    with pytest.raises(UserError, match="name their own classes"):
+        build_dataset(tmp_path / "c", "test", classes=["x"])
+
+
 def test_val_class_unknown_to_train_is_an_error(tmp_path, make_folder):
     make_folder(tmp_path / "train", {"a": ["1.png"]})
     make_folder(tmp_path / "val", {"a": ["1.png"], "zebra": ["2.png"]})

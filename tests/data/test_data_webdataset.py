@@ -106,7 +106,7 @@ def test_ranks_split_the_shards(tmp_path, make_shards, monkeypatch):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_broken_samples_and_shards_are_skipped_and_counted(tmp_path, make_shards, add_tar_member, workers):
-    pattern = make_shards(tmp_path, 2, 4)
+    make_shards(tmp_path, 2, 4)
     with tarfile.open(tmp_path / "shard-000002.tar", "w") as tar:
         add_tar_member(tar, "bad.png", b"\x89PNG garbage")
         add_tar_member(tar, "bad.cls", b"1")

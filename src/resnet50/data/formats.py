@@ -190,15 +190,17 @@ def _is_split_root(root: Path) -> bool:
     return any((root / s).is_dir() and any(d.is_dir() for d in (root / s).iterdir()) for s in SPLITS)
 
 
-def _split_folder(root: Path, split: str, transform: Transform | None, **kw: Any) -> ImageFolder:
+def _split_folder(root: Path, split: str, transform: Transform | None, classes: Sequence[str] | None,
+                  **kw: Any) -> ImageFolder:
     folder = root / split
     if not folder.is_dir():
         hint = ("ImageNet's test labels are not public, so its results are reported on split='val'"
                 if split == "test" else f"add {folder} or use a split that exists")
         raise UserError(f"{root} has no {split}/ folder; {hint}")
-    # Labels come from train/'s class list when there is one, so train and val agree even if val lacks a class.
-    reference = root / "train" if (root / "train").is_dir() else folder
-    return ImageFolder(folder, transform, classes=_class_folders(reference), **kw)
+    if classes is None:
+        # Labels come from train/'s class list when there is one, so train and val agree even if val lacks a class.
+        classes = _class_folders(root / "train" if (root / "train").is_dir() else folder)
+    return ImageFolder(folder, transform, classes=classes, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------- arrays
@@ -551,7 +553,8 @@ def build_dataset(
     """The dataset at ``path_or_name`` (or the name "embedded"), for ``split`` "train", "val" or "test".
 
     ``in_chans``: decode to RGB (3) or gray (1); by default the data's own (1 for IDX, else 3). ``classes``: class
-    names for IDX files or WebDataset shards (which carry only numbers). ``val_fraction`` / ``seed``: the held-out
+    names for IDX files or WebDataset shards (which carry only numbers), or the list (and order) a folder's class
+    folders are labelled by; CIFAR and the embedded data name their own. ``val_fraction`` / ``seed``: the held-out
     validation split where the files have none. ``draft_size``: the shorter side the transform resizes to, for fast
     JPEG decoding (``TransformConfig.draft_size``). ``shuffle_buffer``: samples a WebDataset shuffles across
     (``split="train"`` only; shards are always shuffled by seed and epoch then).
@@ -559,6 +562,8 @@ def build_dataset(
     _check_split(split)
     kind = detect_format(path_or_name)
     image_kw = dict(in_chans=in_chans, draft_size=draft_size, max_pixels=max_pixels)
+    if classes is not None and kind in (EMBEDDED, "cifar10", "cifar100"):
+        raise UserError(f"{kind} data name their own classes; drop the classes argument")
     if kind == EMBEDDED:
         return embedded_dataset(split, transform, in_chans=in_chans)
     if kind == "webdataset":
@@ -570,6 +575,6 @@ def build_dataset(
     if kind in ("cifar10", "cifar100"):
         return CifarDataset(root, split, transform, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
     if kind == "imagenet":
-        return _split_folder(root, split, transform, **image_kw)
-    return ImageFolder(root, transform, holdout=None if split == "test" else split, val_fraction=val_fraction,
-                       seed=seed, **image_kw)
+        return _split_folder(root, split, transform, classes, **image_kw)
+    return ImageFolder(root, transform, classes=classes, holdout=None if split == "test" else split,
+                       val_fraction=val_fraction, seed=seed, **image_kw)
