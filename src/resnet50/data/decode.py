@@ -90,8 +90,7 @@ def decode_image(
             scale = min(width, height) / draft_size
             # draft() keeps both sides >= the requested size, so ask for the image's aspect at the target scale.
             if scale > 1:
-                img.draft("RGB" if in_chans == 3 and img.mode != "L" else img.mode,
-                          (round(width / scale), round(height / scale)))
+                img.draft(img.mode, (round(width / scale), round(height / scale)))
         img.load()
         return to_mode(img, in_chans)
     except ImageDecodeError:

@@ -99,8 +99,9 @@ class TransformConfig:
     def draft_size(self, train: bool) -> int | None:
         """Shorter side to decode JPEGs at (``build_dataset(draft_size=...)``), or None when jpeg_draft is off.
 
-        Evaluation needs eval_size. Training with RandomResizedCrop needs image_size / sqrt(scale[0]), so even the
-        smallest crop is not upsampled (792 px at 224 and 0.08: most ImageNet photos are decoded whole)."""
+        Evaluation needs eval_size. Training with RandomResizedCrop asks for image_size / sqrt(scale[0]), at which
+        a square crop of the smallest area still has image_size pixels a side (792 px at 224 and 0.08: most
+        ImageNet photos are decoded whole)."""
         if not self.jpeg_draft:
             return None
         if train and self.train_crop == "random_resized":
