@@ -129,7 +129,8 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 def benchmark(weights: str | None = None, arch: str | None = None, backends: list[str] | None = None,
               batches: list[int] = (1, 16), warmup: int = 3, runs: int = 20, size: int | None = None,
-              threads: int | None = None, int8: str | None = None, progress: bool = False, **options) -> dict:
+              threads: int | None = None, int8: str | None = None, progress: bool = False, peak_n: int = 2048,
+              **options) -> dict:
     """Time each backend at each batch size on one model; see the module docstring for the method."""
     from tqdm import tqdm
 
@@ -148,7 +149,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
         raise UserError("benchmark takes PyTorch weights or --arch (it exports and quantises them itself); "
                         "pass an INT8 .onnx model with --int8")
     flops = summarize(im.model, im.size)["flops"]
-    peak = matmul_peak(threads=threads)
+    peak = matmul_peak(peak_n, threads=threads)
     limit = peak["gflops"] * 1e9 / flops
     default = resolve_backend("auto", im)
 

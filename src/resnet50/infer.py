@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,7 @@ class InferenceModel:
     onnx_path: Path | None = None
     quantization: str | None = None  # e.g. "int8-qdq" for a model made by resnet50.quantize
     weights_id: str | None = None
+    exported: Path | None = field(default=None, repr=False)  # the temporary ONNX export of random weights
 
     @property
     def size(self) -> int:
@@ -188,11 +191,13 @@ def onnx_file(im: InferenceModel) -> Path:
         return im.onnx_path
     from . import export
 
-    if im.weights_id is None:
-        tmp = Path(tempfile.mkdtemp(prefix="resnet50-onnx-"))
-        path = tmp / f"{im.arch}.onnx"
-        export.export_onnx(im, path)
-        return path
+    if im.weights_id is None:  # random weights: one export per InferenceModel, removed with it
+        if im.exported is None or not im.exported.exists():
+            tmp = tempfile.mkdtemp(prefix="resnet50-onnx-")
+            weakref.finalize(im, shutil.rmtree, tmp, True)
+            im.exported = Path(tmp) / f"{im.arch}.onnx"
+            export.export_onnx(im, im.exported)
+        return im.exported
     key = f"{im.weights_id}-{im.size}-torch{torch.__version__}"
     path = cache_dir() / "onnx" / f"{im.arch}-{key}.onnx"
     if not path.exists():

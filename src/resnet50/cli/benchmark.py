@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads; default: physical cores")
     p.add_argument("--int8", default=None, help="INT8 .onnx model from 'resnet50 quantize' for the INT8 backends; "
                    "default: quantise the model on random inputs (speed only)")
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n matmul timed for the peak")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -31,7 +32,8 @@ def run(args) -> int:
                                       in_chans=args.in_chans).items() if v is not None}
     backends = parse_list(args.backend, "backend") if args.backend else None
     report = benchmark(args.weights, args.arch, backends, parse_list(args.batch, "batch", int), args.warmup,
-                       args.runs, args.size, args.threads, args.int8, progress=True, **options)
+                       args.runs, args.size, args.threads, args.int8, progress=True, peak_n=args.peak_size,
+                       **options)
     if args.json:
         print_json(report)
     else:

@@ -1,0 +1,73 @@
+"""resnet50.bench: the report's schema and the arithmetic that ties its figures together, on a tiny config."""
+
+import json
+
+import pytest
+import torch
+
+from resnet50 import create_model
+from resnet50.bench import SCHEMA, benchmark, latency_stats, matmul_peak
+from resnet50.cli import main
+from resnet50.summary import summarize
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNET50_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield benchmark(arch="resnet20_cifar", num_classes=3, size=32, backends=["eager", "onnx", "onnx-int8"],
+                        batches=[1, 4], warmup=1, runs=5, peak_n=512)
+
+
+def test_schema_and_model_facts(report):
+    assert report["schema"] == SCHEMA
+    assert report["versions"]["torch"] == torch.__version__ and report["versions"]["onnxruntime"]
+    assert report["hardware"]["physical_cores"] >= 1 and report["hardware"]["cpu"]
+    flops = summarize(create_model("resnet20_cifar", num_classes=3), 32)["flops"]
+    assert report["model"]["flops_per_image"] == flops and report["model"]["size"] == 32
+    assert report["default_backend"] == "onnx"
+    assert [(r["backend"], r["batch"]) for r in report["results"]] == [
+        (b, n) for b in ("eager", "onnx", "onnx-int8") for n in (1, 4)]
+
+
+def test_figures_are_consistent(report):
+    peak = report["peak"]
+    assert peak["gflops"] == max(v for k, v in peak.items() if k.endswith("_gflops") and k != "gflops" and v) > 0
+    assert report["limit_img_s"] == pytest.approx(peak["gflops"] * 1e9 / report["model"]["flops_per_image"])
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["throughput_img_s"] == pytest.approx(r["batch"] * 1e3 / lat["p50"])
+        assert r["batch"] * 1e3 / lat["max"] <= r["throughput_img_s"] <= r["batch"] * 1e3 / lat["min"]
+        assert r["pct_of_limit"] == pytest.approx(100 * r["throughput_img_s"] / report["limit_img_s"])
+        assert r["scenario"] == ("SingleStream" if r["batch"] == 1 else "Offline") and r["runs"] == 5
+        assert r["precision"] == ("int8" if r["backend"] == "onnx-int8" else "fp32")
+    thr = {(r["backend"], r["batch"]): r["throughput_img_s"] for r in report["results"]}
+    for b in ("1", "4"):
+        c = report["comparisons"][b]
+        best = max(("eager", "onnx"), key=lambda k: thr[(k, int(b))])
+        assert c["best_fp32"] == best and c["default_vs_onnx"] == pytest.approx(1.0)
+        assert c["int8_vs_best_fp32"] == pytest.approx(thr[("onnx-int8", int(b))] / thr[(best, int(b))])
+
+
+def test_latency_stats_percentiles():
+    s = latency_stats([0.001 * i for i in range(1, 101)])
+    assert (s["min"], s["max"]) == pytest.approx((1.0, 100.0))
+    assert s["p50"] == pytest.approx(50.5) and s["p99"] == pytest.approx(99.01)
+
+
+def test_matmul_peak_measures_torch():
+    p = matmul_peak(n=256, repeats=3)
+    assert p["torch_mm_gflops"] > 0 and p["n"] == 256 and p["gflops"] >= p["torch_mm_gflops"]
+
+
+def test_cli_json_and_errors(capsys):
+    rc = main(["benchmark", "--arch", "resnet20_cifar", "--size", "32", "--backend", "eager", "--batch", "2",
+               "--runs", "3", "--warmup", "0", "--peak-size", "256", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [(x["backend"], x["batch"], x["runs"]) for x in r["results"]] == [("eager", 2, 3)]
+    rc = main(["benchmark", "--arch", "resnet20_cifar", "--backend", "eager,tvm"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "unknown backend 'tvm'" in err
+    rc = main(["benchmark", "--arch", "resnet20_cifar", "--batch", "1,x"])
+    assert rc == 2 and "comma-separated list" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""resnet50.infer: backends agree with eager, the choice of backend, errors for unknown or missing backends."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from resnet50 import create_model
+from resnet50.cli import main
+from resnet50.errors import UserError
+from resnet50.infer import (AUTO_ORDER, BACKENDS, EagerBackend, create_backend, load_model, onnx_file,
+                            physical_cores, resolve_backend, topk)
+from resnet50.weights import Preprocessing, save
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNET50_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    save(path, create_model("resnet20_cifar", num_classes=4), ["a", "b", "c", "d"], Preprocessing(36, 32), "test")
+    return path
+
+
+def batch(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32), dtype=np.float32)
+
+
+def test_eager_backend_is_the_model_in_channels_last(ckpt):
+    im = load_model(ckpt)
+    x = batch(3)
+    with torch.no_grad():
+        want = im.model(torch.from_numpy(x)).numpy()
+    got = EagerBackend(im.model)(x)
+    assert got.shape == (3, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_backends_match_eager(ckpt, name):
+    if name == "openvino":
+        pytest.importorskip("openvino")
+    im = load_model(ckpt)
+    eager, other = create_backend("eager", im), create_backend(name, im)
+    assert other.name == name
+    for n in (1, 5):  # two batch sizes through the same session: the batch dimension is dynamic
+        np.testing.assert_allclose(other(batch(n, n)), eager(batch(n, n)), atol=1e-4)
+
+
+def test_onnx_export_is_cached_per_checkpoint(ckpt):
+    im = load_model(ckpt)
+    first = onnx_file(im)
+    stamp = first.stat().st_mtime_ns
+    again = onnx_file(load_model(ckpt))
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert str(first).startswith(os.environ["RESNET50_CACHE"])
+
+
+def test_auto_picks_the_first_available_in_measured_order(ckpt):
+    im = load_model(ckpt)
+    assert AUTO_ORDER[0] == "onnx" and resolve_backend("auto", im) == "onnx"
+    onnx_im = load_model(onnx_file(im))
+    assert onnx_im.model is None and onnx_im.classes == ["a", "b", "c", "d"] and onnx_im.size == 32
+    assert resolve_backend("auto", onnx_im) == "onnx"
+
+
+def test_auto_falls_back_to_eager_without_onnxruntime(ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert resolve_backend("auto", load_model(ckpt)) == "eager"
+
+
+def test_unknown_and_mismatched_backends_are_clear_errors(ckpt):
+    im = load_model(ckpt)
+    with pytest.raises(UserError, match="unknown backend 'tensorrt'; choose from: auto, " + ", ".join(BACKENDS)):
+        resolve_backend("tensorrt", im)
+    with pytest.raises(UserError, match="runs an INT8 model"):
+        resolve_backend("onnx-int8", im)
+    with pytest.raises(UserError, match="needs PyTorch weights"):
+        resolve_backend("eager", load_model(onnx_file(im)))
+
+
+def test_missing_optional_dependency_names_pip_install(ckpt, monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(UserError, match=r"needs the optional dependency 'openvino': pip install openvino"):
+        create_backend("openvino", load_model(ckpt))
+    from PIL import Image
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(img)
+    rc = main(["predict", str(img), "--weights", str(ckpt), "--backend", "openvino"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "pip install openvino" in err
+
+
+def test_topk_order_and_probabilities():
+    idx, p = topk(np.array([[0.0, 2.0, 1.0, 2.0]]), 3)
+    assert idx.tolist() == [[1, 3, 2]]  # ties: lower index first
+    e = np.exp([0.0, 2.0, 1.0, 2.0])
+    np.testing.assert_allclose(p[0], e[[1, 3, 2]] / e.sum())
+
+
+def test_physical_cores_is_sane():
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(not os.environ.get("RESNET50_SLOW_TESTS"), reason="torch.compile takes ~30 s; set RESNET50_SLOW_TESTS=1")
+def test_compile_backend_matches_eager(ckpt):
+    im = load_model(ckpt)
+    np.testing.assert_allclose(create_backend("compile", im)(batch(2)), create_backend("eager", im)(batch(2)),
+                               atol=1e-4)

@@ -1,0 +1,156 @@
+"""resnet50.serve against a real uvicorn server on 127.0.0.1 (a free port), with a real HTTP client (httpx)."""
+
+import io
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet50 import create_model
+from resnet50.cli import main
+from resnet50.errors import UserError
+from resnet50.infer import EagerBackend, load_model
+from resnet50.predict import predict_files
+from resnet50.serve import BackgroundServer, ServeConfig
+from resnet50.weights import Preprocessing, save
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def encoded(fmt="PNG", size=(48, 40), seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def _bomb():
+    buf = io.BytesIO()
+    Image.new("L", (1500, 1000)).save(buf, "PNG")  # 1.5 Mpx > the server's max_pixels, about 2 kB on the wire
+    return buf.getvalue()
+
+
+BOMB = _bomb()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "m.safetensors"
+    save(path, create_model("resnet20_cifar", num_classes=3), CLASSES, Preprocessing(36, 32), "test")
+    return path, load_model(path)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    cfg = ServeConfig(port=0, max_batch=8, max_wait_ms=20, max_body_mb=1, max_pixels=1_000_000)
+    with BackgroundServer(model[1], EagerBackend(model[1].model), cfg) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def metric(text, name):
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_binds_loopback_only_by_default(server):
+    assert ServeConfig().host == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
+
+
+def test_raw_and_multipart_images_match_predict(model, client, tmp_path):
+    path, im = model
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        data = encoded(fmt, seed=3)
+        (tmp_path / f"x.{fmt.lower()}").write_bytes(data)
+        want = predict_files([tmp_path / f"x.{fmt.lower()}"], im, EagerBackend(im.model), k=3)[0].top
+        for r in (client.post("/predict", content=data, headers={"content-type": f"image/{fmt.lower()}"}),
+                  client.post("/predict", files={"file": (f"x.{fmt}", data, "application/octet-stream")})):
+            assert r.status_code == 200, r.text
+            got = r.json()["predictions"]
+            assert [p["label"] for p in got] == [p["label"] for p in want]
+            np.testing.assert_allclose([p["probability"] for p in got], [p["probability"] for p in want], atol=1e-5)
+            assert r.json()["batch"] >= 1
+
+
+@pytest.mark.parametrize("body, headers, status, words", [
+    (b"definitely not an image", {}, 400, "not a readable image"),
+    (encoded("JPEG", (64, 64))[:300], {}, 400, "not a readable image"),
+    (b"", {}, 400, "empty body"),
+    (b'{"image": "x"}', {"content-type": "application/json"}, 415, "not an image"),
+    (b"hello", {"content-type": "text/plain"}, 415, "not an image"),
+    (b"x" * (1024 * 1024 + 1), {}, 413, "exceeds the 1048576-byte limit"),
+    (BOMB, {}, 413, "decompression bomb"),
+    (b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nv\r\n--b--\r\n",
+     {"content-type": "multipart/form-data; boundary=b"}, 400, "no file field"),
+], ids=["garbage", "truncated", "empty", "json", "text", "oversize", "bomb", "form-without-file"])
+def test_malformed_requests_get_4xx_json(client, body, headers, status, words):
+    r = client.post("/predict", content=body, headers=headers)
+    assert r.status_code == status and words in r.json()["error"]
+
+
+def test_health_and_metrics(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["arch"] == "resnet20_cifar" and h["classes"] == 3
+    assert h["input"] == [3, 32, 32] and h["backend"] == "eager" and h["settings"]["max_batch"] == 8
+    before = client.get("/metrics").text
+    client.post("/predict", content=encoded())
+    client.post("/predict", content=b"junk")
+    text = client.get("/metrics").text
+    assert metric(text, 'resnet50_requests_total{status="200"}') == metric(before, 'resnet50_requests_total{status="200"}') + 1
+    assert metric(text, 'resnet50_requests_total{status="400"}') == metric(before, 'resnet50_requests_total{status="400"}') + 1
+    assert metric(text, "resnet50_request_latency_seconds_count") == metric(before, "resnet50_request_latency_seconds_count") + 2
+    assert metric(text, 'resnet50_batch_size_bucket{le="+Inf"}') == metric(text, "resnet50_batch_size_count") > 0
+    assert "# TYPE resnet50_request_latency_seconds histogram" in text and "resnet50_requests_in_flight 0" in text
+
+
+def test_concurrent_load_batches_and_never_5xx(server):
+    good, bad = encoded(seed=1), b"\x89PNG\r\n\x1a\nbroken"
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        before = c.get("/metrics").text
+
+        def send(i):
+            return c.post("/predict", content=bad if i % 10 == 0 else good).status_code
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(send, range(200)))
+        after = c.get("/metrics").text
+    assert codes.count(200) == 180 and codes.count(400) == 20
+    batches = metric(after, "resnet50_batch_size_count") - metric(before, "resnet50_batch_size_count")
+    images = metric(after, "resnet50_batch_size_sum") - metric(before, "resnet50_batch_size_sum")
+    assert images == 180 and batches < 180  # some inference calls carried more than one image
+    assert not re.search(r'status="5\d\d"', after)
+
+
+class SlowBackend(EagerBackend):
+    def __call__(self, x):
+        time.sleep(0.3)
+        return super().__call__(x)
+
+
+def test_saturation_gives_503(model):
+    cfg = ServeConfig(port=0, max_batch=1, max_wait_ms=0, max_concurrency=2)
+    with BackgroundServer(model[1], SlowBackend(model[1].model), cfg) as s, \
+            httpx.Client(base_url=s.url, timeout=30) as c:
+        with ThreadPoolExecutor(6) as pool:
+            rs = list(pool.map(lambda _: c.post("/predict", content=encoded()), range(6)))
+        codes = [r.status_code for r in rs]
+        assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}
+        assert all("busy" in r.json()["error"] and r.headers["retry-after"] == "1" for r in rs if r.status_code == 503)
+        assert metric(c.get("/metrics").text, 'resnet50_requests_total{status="503"}') == codes.count(503)
+
+
+def test_config_and_cli_errors(model, capsys):
+    with pytest.raises(UserError, match="--max-batch must be >= 1"):
+        ServeConfig(max_batch=0)
+    rc = main(["serve", "--weights", str(model[0]), "--backend", "gpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "unknown backend 'gpu'" in err
