@@ -34,7 +34,7 @@ class DataSpec:
     data: str = "embedded"  # a dataset path (see resnet50.data) or "embedded"
     image_size: int = 224  # training resolution (the final one, with progressive resizing)
     eval_size: int = 0  # evaluation resolution; 0 = image_size
-    crop_pct: float = 0.875  # evaluation resize = eval_size / crop_pct, then centre crop
+    crop_pct: float = 0.875  # evaluation resize = eval_size / crop_pct, then centre crop; 0 = the dataset default
     min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
     train_crop: str = "auto"  # auto (the dataset's default), random_resized or pad
     hflip: float = 0.5
@@ -254,7 +254,7 @@ def _demo() -> TrainConfig:
     return TrainConfig(
         recipe="demo", description="ResNet-50 v1.5 on the embedded Fashion-MNIST subset, CPU, < 10 minutes",
         model=ModelSpec(variant="v1.5", zero_init_residual=True),
-        data=DataSpec(data="embedded", image_size=32, crop_pct=1.0, batch_size=128, workers=0),
+        data=DataSpec(data="embedded", image_size=32, crop_pct=0.0, batch_size=128, workers=0),
         optim=OptimSpec(lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-5, decay_norm_and_bias=False,
                         schedule="triangular", lr_peak_epoch=2, epochs=12, label_smoothing=0.1),
         run=RunSpec(channels_last=True),

@@ -152,9 +152,13 @@ def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         for k, v in saved.get(sec, {}).items():
             key = f"{sec}.{k}"
             nv = new[sec].get(k)
-            if key not in may_change and json.dumps(nv) != json.dumps(v):
+            if key not in may_change and _norm(nv) != _norm(v):
                 raise UserError(f"resuming a run with {key}={v!r}, but {key}={nv!r} was given; drop the option "
                                 "(the checkpoint fixes it) or start a new run")
+
+
+def _norm(v):
+    return tuple(v) if isinstance(v, list) else v
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
@@ -227,6 +231,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, lo
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
 
+    if cfg.run.sync_bn and d.world > 1 and device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
     if cfg.run.sync_bn and d.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
