@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from resnet50.data import (
-    FASHION_MNIST_CLASSES, MNIST_CLASSES, CifarDataset, IdxDataset, ImageFolder, build_dataset, detect_format,
+    FASHION_MNIST_CLASSES, CifarDataset, IdxDataset, ImageFolder, build_dataset, detect_format,
     holdout_split, load_pickle, read_idx,
 )
 from resnet50.data.stats import CIFAR10_MEAN, FASHION_MNIST_MEAN, IMAGENET_MEAN, MNIST_MEAN
 from resnet50.errors import UserError
+
+DIGITS = [str(d) for d in range(10)]
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -120,7 +122,7 @@ def test_idx_raw_and_gzipped(tmp_path, make_idx, gz):
     img, label = test[7]
     assert img.mode == "L" and img.size == (28, 28) and label == 7
     np.testing.assert_array_equal(np.asarray(img), test_images[7])
-    assert test.classes == list(MNIST_CLASSES) and test.mean == MNIST_MEAN and test.image_size == 28
+    assert test.classes == DIGITS and test.mean == MNIST_MEAN and test.image_size == 28
     rgb = build_dataset(root, "test", in_chans=3)
     assert rgb[7][0].mode == "RGB" and np.asarray(rgb[7][0])[3, 4].tolist() == [test_images[7, 3, 4]] * 3
     assert len(rgb.mean) == 3
@@ -150,7 +152,9 @@ def test_idx_class_names_by_folder_name_or_override(tmp_path, make_idx):
     fashion = build_dataset(tmp_path / "Fashion-MNIST", "train")
     assert fashion.classes == list(FASHION_MNIST_CLASSES) and fashion.mean == FASHION_MNIST_MEAN
     make_idx(tmp_path / "digits", "train", *idx_data(20))
-    assert build_dataset(tmp_path / "digits", "train").classes == list(MNIST_CLASSES)
+    assert build_dataset(tmp_path / "digits", "train").classes == DIGITS
+    make_idx(tmp_path / "four", "train", idx_data(20)[0], np.arange(20) % 4)
+    assert build_dataset(tmp_path / "four", "val").classes == ["0", "1", "2", "3"]  # from all of train, not val
     names = [f"k{i}" for i in range(10)]
     assert build_dataset(tmp_path / "digits", "train", classes=names).classes == names
     with pytest.raises(UserError, match="label 9 but only 3 class names"):

@@ -17,7 +17,7 @@ This package knows nothing of the model, the training loop or the CLI. The whole
 
 from .decode import MAX_PIXELS, ImageDecodeError, Skipped, decode_image, to_mode
 from .formats import (
-    EMBEDDED, FASHION_MNIST_CLASSES, MNIST_CLASSES, SPLITS, ArrayDataset, CifarDataset, IdxDataset, ImageFolder,
+    EMBEDDED, FASHION_MNIST_CLASSES, SPLITS, ArrayDataset, CifarDataset, IdxDataset, ImageFolder,
     build_dataset, detect_format, embedded_dataset, holdout_split, load_pickle, read_idx,
 )
 from .loader import Batch, Loader, ResumableSampler, build_loader, collate
@@ -29,7 +29,7 @@ from .webdataset import WebDataset, expand_braces, expand_urls
 
 __all__ = [
     "CIFAR10", "CIFAR100", "EMBEDDED", "FASHION_MNIST", "FASHION_MNIST_CLASSES", "IMAGENET", "MAX_PIXELS",
-    "MNIST_CLASSES", "SPLITS", "ArrayDataset", "Batch", "CenterCrop", "CifarDataset", "Compose", "IdxDataset",
+    "SPLITS", "ArrayDataset", "Batch", "CenterCrop", "CifarDataset", "Compose", "IdxDataset",
     "ImageDecodeError", "ImageFolder", "Loader", "Normalize", "RandomCrop", "RandomHorizontalFlip",
     "RandomResizedCrop", "Resize", "ResumableSampler", "Skipped", "TenCrop", "ToTensor", "TransformConfig",
     "WebDataset", "build_dataset", "build_loader", "build_transform", "collate", "decode_image",

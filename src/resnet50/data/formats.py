@@ -53,7 +53,6 @@ SPLITS = ("train", "val", "test")
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 
-MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
@@ -321,7 +320,8 @@ def is_idx_dir(root: Path) -> bool:
 
 class IdxDataset(ArrayDataset):
     """MNIST-style IDX files: ``train-*`` / ``t10k-*`` (and ``val-*`` where a source ships one, as the embedded
-    subset does). Class names: ``classes``, else Fashion-MNIST's when the path mentions "fashion", else digits."""
+    subset does). Class names: ``classes``, else Fashion-MNIST's when the folder's (or its parent's) name says
+    "fashion", else the numbers 0 .. largest label in the files read (the ten digits for MNIST)."""
 
     def __init__(
         self,
@@ -343,11 +343,13 @@ class IdxDataset(ArrayDataset):
             if pair is None:
                 raise UserError(f"{root} has no test files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])")
             images, labels = pair
+            top = int(labels.max()) + 1 if len(labels) else 0
             source = f"{root} test"
         else:
             own_val = _idx_pair(root, "val") if split == "val" else None
             if own_val is not None:
                 images, labels = own_val
+                top = int(labels.max()) + 1 if len(labels) else 0
                 source = f"{root} val"
             else:
                 pair = _idx_pair(root, "train")
@@ -355,6 +357,7 @@ class IdxDataset(ArrayDataset):
                     raise UserError(f"{root} has no training files (train-images-idx3-ubyte[.gz], "
                                     "train-labels-idx1-ubyte[.gz])")
                 images, labels = pair
+                top = int(labels.max()) + 1 if len(labels) else 0
                 if _idx_file(root, "val", "images-idx3") is not None:
                     source = f"{root} train"
                 else:
@@ -362,8 +365,7 @@ class IdxDataset(ArrayDataset):
                     images, labels = images[keep], labels[keep]
                     source = f"{root} {split} ({val_fraction:.0%} of train held out, seed {seed})"
         if classes is None:
-            top = int(labels.max()) + 1 if len(labels) else 0
-            classes = FASHION_MNIST_CLASSES if fashion else MNIST_CLASSES if top <= 10 else [str(i) for i in range(top)]
+            classes = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(top)]
         mean, std = ((stats.FASHION_MNIST_MEAN, stats.FASHION_MNIST_STD) if fashion or tuple(classes) == FASHION_MNIST_CLASSES
                      else (stats.MNIST_MEAN, stats.MNIST_STD))
         super().__init__(images, labels, classes, transform, in_chans, mean, std, source)
