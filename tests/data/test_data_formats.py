@@ -82,7 +82,7 @@ def test_folder_errors_are_clear(tmp_path, make_folder):
         build_dataset(tmp_path / "nowhere", "train")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UserError, match="unknown dataset layout.*found: nothing"):
+    with pytest.raises(UserError, match="empty is empty; put the dataset there"):
         build_dataset(empty, "train")
     (empty / "readme.txt").write_text("hi")
     with pytest.raises(UserError, match="unknown dataset layout.*readme.txt"):

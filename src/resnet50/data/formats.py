@@ -525,6 +525,9 @@ def detect_format(path_or_name: str | os.PathLike) -> str:
     if kind is not None:
         return kind
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise UserError(f"{root} is empty; put the dataset there (class folders, train/ and val/, IDX files, CIFAR "
+                        "pickles or .tar shards)")
     if any(p.suffix == ".tar" for p in entries) and not any(p.is_dir() for p in entries):
         return "webdataset"
     if _is_split_root(root):
@@ -534,7 +537,7 @@ def detect_format(path_or_name: str | os.PathLike) -> str:
     if _image_files(root, recursive=False):
         raise UserError(f"{root} holds images but no class folders; put each class's images in a folder named after "
                         "the class (root/<class>/<image>)")
-    listing = ", ".join(sorted(p.name for p in entries)[:8]) or "nothing"
+    listing = ", ".join(sorted(p.name for p in entries)[:8])
     raise UserError(f"unknown dataset layout in {root} (found: {listing}); expected class folders, train/ and val/, "
                     "IDX files, CIFAR pickles or .tar shards")
 
