@@ -85,6 +85,9 @@ def atomic_path(path: str | os.PathLike):
         raise UserError(f"folder {path.parent} does not exist; create it or choose another output path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
