@@ -34,7 +34,7 @@ import torch
 
 from .errors import UserError
 from .model import ResNet, create_model
-from .weights import Preprocessing
+from .weights import FORMAT, Preprocessing
 
 FP32_BACKENDS = ("onnx", "openvino", "compile", "eager")
 INT8_BACKENDS = ("onnx-int8", "openvino-int8")
@@ -103,7 +103,7 @@ class InferenceModel:
     def metadata(self) -> dict[str, str]:
         """The metadata stored in exported files (ONNX metadata_props, TorchScript/torch.export extra files)."""
         meta = {
-            "format": "resnet50-toolkit/1",
+            "format": FORMAT,
             "arch": self.arch,
             "num_classes": str(self.num_classes),
             "in_chans": str(self.in_chans),
@@ -142,9 +142,14 @@ def load_model(weights: str | os.PathLike | None = None, arch: str | None = None
         pre = Preprocessing(resize=round(size * pre.resize / pre.crop), crop=size, mean=pre.mean, std=pre.std,
                             interpolation=pre.interpolation)
     if model.cfg.in_chans != len(pre.mean):
-        # A grayscale model keeps ImageNet-style 3-channel statistics only if someone saved it so: reduce them.
-        pre = Preprocessing(pre.resize, pre.crop, tuple(pre.mean[:model.cfg.in_chans]),
-                            tuple(pre.std[:model.cfg.in_chans]), pre.interpolation)
+        # e.g. a gray model saved with the default (RGB ImageNet) statistics: the data package's rule converts them
+        from .data.stats import stats_for
+
+        try:
+            mean, std = stats_for(pre.mean, pre.std, model.cfg.in_chans)
+        except ValueError as e:
+            raise UserError(f"{weights}: {e}; save the checkpoint with {model.cfg.in_chans}-channel mean/std") from None
+        pre = Preprocessing(pre.resize, pre.crop, mean, std, pre.interpolation)
     model.eval()
     return InferenceModel(name, model.cfg.num_classes, model.cfg.in_chans, pre, classes, source, model,
                           weights_id=wid)
@@ -164,7 +169,7 @@ def _from_onnx(path: Path, size: int | None) -> InferenceModel:
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; check the path")
     meta = read_onnx_metadata(path)
-    if meta.get("format") != "resnet50-toolkit/1":
+    if meta.get("format") != FORMAT:
         raise UserError(f"{path} is an ONNX model without our metadata (classes, preprocessing); export it with "
                         "'resnet50 export --format onnx' or pass the .safetensors checkpoint")
     pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))

@@ -84,7 +84,8 @@ def make_transform(pre: Preprocessing, in_chans: int) -> Compose:
 def preprocess(source: bytes | str | os.PathLike, im: InferenceModel, transform: Compose | None = None,
                max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """One image (bytes or a path) -> float32 C x H x W, as the model expects. Raises ImageDecodeError."""
-    img = decode_image(source, im.in_chans, draft_size=im.preprocessing.resize, max_pixels=max_pixels, name=name)
+    # Full decoding (no reduced-scale JPEG draft): the same pixels evaluation sees, whose default is the same.
+    img = decode_image(source, im.in_chans, max_pixels=max_pixels, name=name)
     transform = transform or make_transform(im.preprocessing, im.in_chans)
     return transform(img).numpy()
 

@@ -22,6 +22,7 @@ file, never used for calibration) and, where the images sit in class folders who
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -91,7 +92,7 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
                 "reduce_range": reduce_range, "calibration": method, "calibration_images": reader.count}
     del proto.metadata_props[:]
     for k, v in {**metadata, "quantization": QUANTIZATION,
-                 "quantization_settings": __import__("json").dumps(settings)}.items():
+                 "quantization_settings": json.dumps(settings)}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     with atomic_path(out) as tmp_out:
