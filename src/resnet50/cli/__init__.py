@@ -11,7 +11,7 @@ import sys
 from ..errors import UserError
 
 # Subcommand modules, in the order ``resnet50 --help`` lists them.
-COMMANDS = ("models", "summary", "convert", "train", "evaluate", "experiment", "predict", "export", "quantize", "benchmark", "serve")
+COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "experiment", "predict", "export", "quantize", "benchmark", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
