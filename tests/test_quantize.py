@@ -108,3 +108,13 @@ def test_errors(setup, tmp_path):
         quantize(ckpt, root / "nowhere", tmp_path / "q.onnx")
     with pytest.raises(UserError, match="already quantised"):
         quantize(out, root / "data", tmp_path / "q.onnx")
+
+
+def test_labels_from_class_folder_names_or_indices(setup, tmp_path):
+    from resnet50.quantize import _labels
+
+    im = load_model(setup[1])
+    assert _labels([tmp_path / "blue" / "a.png", tmp_path / "1" / "b.png"], tmp_path, im) == [2, 1]
+    assert _labels([tmp_path / "purple" / "c.png"], tmp_path, im) is None  # not a class of the model
+    assert _labels([tmp_path / "3" / "c.png"], tmp_path, im) is None  # index out of range (3 classes)
+    assert _labels([tmp_path / "d.png"], tmp_path, im) is None  # not in a class folder

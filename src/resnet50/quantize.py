@@ -17,7 +17,7 @@ Settings, and why:
 
 The report holds top-1 agreement between INT8 and fp32 on a held-out set (``eval_dir``, else every 5th calibration
 file, never used for calibration) and, where the images sit in class folders whose names are the model's classes
-(or ImageNet WordNet IDs for 1000-class models), the top-1 accuracy of both.
+(or ImageNet WordNet IDs for 1000-class models, or class indices 0, 1, ...), the top-1 accuracy of both.
 """
 
 from __future__ import annotations
@@ -100,15 +100,13 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
     return settings
 
 
-def _labels(files: Sequence[Path], root: Path | None, im: InferenceModel) -> list[int] | None:
+def _labels(files: Sequence[Path], root: Path, im: InferenceModel) -> list[int] | None:
     """Class indices from the files' class folders (their parent folder's name), or None where they do not map."""
-    if root is None:
-        return None
     names = list(im.classes) if im.classes else (list(imagenet_synsets_and_names()[0]) if im.num_classes == 1000
-                                                 else None)
-    if names is None:
-        return None
+                                                 else [])
     lookup = {n: i for i, n in enumerate(names)}
+    # Folders may also be named by class index (0, 1, ...), as dumps of MNIST-like sets are; names win.
+    lookup.update({str(i): i for i in range(im.num_classes) if str(i) not in lookup})
     labels = []
     for f in files:
         label = lookup.get(f.parent.name) if f.parent != root else None
