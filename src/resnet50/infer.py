@@ -92,7 +92,7 @@ class InferenceModel:
     source: str = ""
     model: ResNet | None = None
     onnx_path: Path | None = None
-    quantization: str | None = None  # e.g. "int8-qdq" for a model made by resnet50.quantize
+    quantization: str | None = None  # set for INT8 models made by resnet50.quantize (quantize.QUANTIZATION)
     weights_id: str | None = None
     exported: Path | None = field(default=None, repr=False)  # the temporary ONNX export of random weights
 

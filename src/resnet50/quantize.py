@@ -22,7 +22,9 @@ file, never used for calibration) and, where the images sit in class folders who
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -80,11 +82,13 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
     with tempfile.TemporaryDirectory(prefix="resnet50-quant-") as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calib_method,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                       **({"CalibPercentile": 99.999} if method == "percentile" else {})})
+        # the histogram calibrators print progress with print(): keep stdout for the report (--json)
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(str(pre), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=calib_method,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                           **({"CalibPercentile": 99.999} if method == "percentile" else {})})
         if reader.count == 0:
             raise UserError("no calibration images could be read; give a folder of images with --calib")
         proto = onnx.load(str(q))
@@ -177,8 +181,10 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
     calib_x, _, calib_failed = _arrays(calib_files, im)
     bar = tqdm(total=len(calib_x), unit="img", desc="calibrating", disable=not progress, leave=False)
 
+    # MinMax takes any batches; the percentile calibrator stacks every batch's activations into one histogram
+    # array and fails on a short last batch (onnxruntime 1.32), so it gets one image at a time.
     def batches():
-        for b in _batched(calib_x, 8):
+        for b in _batched(calib_x, 8 if method == "minmax" else 1):
             bar.update(len(b))
             yield b
     with bar:
