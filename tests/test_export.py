@@ -30,7 +30,8 @@ def test_export_parity_on_another_batch_size(ckpt, tmp_path, fmt):
     report = export(im, fmt, out)
     par = report["parity"]
     assert CHECK_BATCH != TRACE_BATCH and par["batch"] == CHECK_BATCH
-    assert par["passed"] and 0 <= par["max_abs_diff"] <= TOLERANCE
+    assert par["passed"] and 0 <= par["max_abs_diff"] <= par["tolerance"]
+    assert par["tolerance"] == pytest.approx(TOLERANCE * max(1.0, par["max_abs_logit"]))
     assert report["bytes"] == out.stat().st_size > 0
     # independently of the built-in check: a third batch size, compared here
     run = load_exported(fmt, out)
@@ -76,3 +77,18 @@ def test_export_errors(ckpt, tmp_path, capsys):
     rc = main(["export", "--weights", str(tmp_path / "none.safetensors")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
+
+
+def test_parity_check_catches_a_wrong_model(ckpt):
+    from resnet50.export import parity
+
+    im = load_model(ckpt)
+
+    def eager(x):
+        with torch.no_grad():
+            return im.model(torch.from_numpy(x)).numpy()
+    assert parity(im, eager)["passed"] and parity(im, eager)["max_abs_diff"] == 0
+    off = parity(im, lambda x: eager(x) + 2e-3)
+    assert not off["passed"] and off["max_abs_diff"] == pytest.approx(2e-3, rel=1e-3)
+    frozen = parity(im, lambda x: eager(x[:2]))  # a graph that froze the traced batch size
+    assert not frozen["passed"] and "output shape" in frozen["error"]

@@ -2,7 +2,10 @@
 
 Each export is traced on a batch of ``TRACE_BATCH`` images and then checked against eager PyTorch on a batch of
 ``CHECK_BATCH`` (a different size, so a batch dimension frozen into the graph is caught): the largest absolute
-difference of the logits must be at most ``TOLERANCE``.
+difference of the logits must be at most ``TOLERANCE`` (1e-4) times the largest |logit|, when that exceeds 1.
+fp32 rounding differences (another summation order, folded batch norm) grow with the values: a trained ResNet-50
+(logits within a few units) differs by about 1e-6, a randomly initialised one, whose logits reach about 100
+because nothing damps the residual stages, by up to about 1e-4 (relative 1e-6).
 
 ONNX goes through ``torch.onnx.export(..., dynamo=True)``, the torch.export-based exporter (needs ``onnxscript``).
 It is the default since PyTorch 2.9, and the TorchScript-based one (``dynamo=False``) warns on every call in
@@ -136,7 +139,9 @@ def parity(im: InferenceModel, run, batch: int = CHECK_BATCH) -> dict:
         return {"batch": batch, "max_abs_diff": None, "tolerance": TOLERANCE, "passed": False,
                 "error": f"output shape {got.shape}, eager {want.shape}"}
     diff = float(np.max(np.abs(got - want)))
-    return {"batch": batch, "max_abs_diff": diff, "tolerance": TOLERANCE, "passed": diff <= TOLERANCE}
+    scale = float(np.max(np.abs(want)))
+    tol = TOLERANCE * max(1.0, scale)
+    return {"batch": batch, "max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tol, "passed": diff <= tol}
 
 
 def export(im: InferenceModel, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:

@@ -37,7 +37,7 @@ def run(args) -> int:
         if par:
             diff = "n/a" if par["max_abs_diff"] is None else f"{par['max_abs_diff']:.2e}"
             print(f"parity vs eager at batch {par['batch']} (traced at {report['trace_batch']}): max |diff| {diff} "
-                  f"(tolerance {par['tolerance']:.0e}): {'PASSED' if par['passed'] else 'FAILED'}")
+                  f"(tolerance {par['tolerance']:.1e}): {'PASSED' if par['passed'] else 'FAILED'}")
     if par and not par["passed"]:
         print("resnet50 export: the exported model does not match eager PyTorch", file=sys.stderr)
         return 1
