@@ -19,8 +19,8 @@ from resnet50.weights import atomic_path
 
 
 def markdown(r: dict) -> str:
-    lines = ["| backend | precision | scenario | batch | img/s (median) | % of limit | img/s (best run) | p50 ms | p99 ms |"
-             " runs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | precision | scenario | batch | img/s (median) | % of limit | img/s (best run) | p50 ms "
+             "| p99 ms | runs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["results"]:
         lines.append(f"| {x['backend']} | {x['precision']} | {x['scenario']} | {x['batch']} | "
                      f"{x['throughput_img_s']:.1f} | {x['pct_of_limit']:.0f} % | {x['best_img_s']:.1f} | "

@@ -97,7 +97,8 @@ def main() -> int:
                     body = MALFORMED[i // 10 % len(MALFORMED)] if i % 10 == 9 else photos[i % len(photos)]
                     t = time.perf_counter()
                     try:
-                        status = client.post("/predict", content=body, headers={"content-type": "image/jpeg"}).status_code
+                        r = client.post("/predict", content=body, headers={"content-type": "image/jpeg"})
+                        status = r.status_code
                     except httpx.HTTPError as e:
                         status = type(e).__name__
                     return status, time.perf_counter() - t

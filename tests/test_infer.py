@@ -102,6 +102,24 @@ def test_missing_optional_dependency_names_pip_install(ckpt, monkeypatch, capsys
     assert "pip install openvino" in err
 
 
+def test_damaged_or_foreign_onnx_files_are_user_errors(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not a protobuf model")
+    with pytest.raises(UserError, match="not a readable ONNX model"):
+        load_model(bad)
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])),
+              str(foreign))
+    with pytest.raises(UserError, match="without our metadata"):
+        load_model(foreign)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "missing.onnx")
+
+
 def test_topk_order_and_probabilities():
     idx, p = topk(np.array([[0.0, 2.0, 1.0, 2.0]]), 3)
     assert idx.tolist() == [[1, 3, 2]]  # ties: lower index first
@@ -113,7 +131,8 @@ def test_physical_cores_is_sane():
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
 
 
-@pytest.mark.skipif(not os.environ.get("RESNET50_SLOW_TESTS"), reason="torch.compile takes ~30 s; set RESNET50_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("RESNET50_SLOW_TESTS"),
+                    reason="torch.compile takes ~30 s; set RESNET50_SLOW_TESTS=1")
 def test_compile_backend_matches_eager(ckpt):
     im = load_model(ckpt)
     np.testing.assert_allclose(create_backend("compile", im)(batch(2)), create_backend("eager", im)(batch(2)),

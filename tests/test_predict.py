@@ -72,7 +72,8 @@ def reference_input(path, in_chans=3, pre=PRE):
     left, top = int(round((w - pre.crop) / 2)), int(round((h - pre.crop) / 2))
     a = np.asarray(img.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.float32) / 255
     a = a.reshape(pre.crop, pre.crop, -1).transpose(2, 0, 1)
-    return (a - np.array(pre.mean[:in_chans], np.float32)[:, None, None]) / np.array(pre.std[:in_chans], np.float32)[:, None, None]
+    mean, std = (np.array(v[:in_chans], np.float32)[:, None, None] for v in (pre.mean, pre.std))
+    return (a - mean) / std
 
 
 def test_preprocessing_follows_checkpoint_metadata(tmp_path, images):

@@ -67,7 +67,8 @@ def _batch_dim():
 
 def _torch_model(im: InferenceModel) -> torch.nn.Module:
     if im.model is None:
-        raise UserError(f"{im.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) or --arch")
+        raise UserError(f"{im.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) "
+                        "or --arch")
     return im.model.eval()
 
 

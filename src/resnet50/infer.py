@@ -59,8 +59,8 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"{purpose} needs the optional dependency {module!r}: {_INSTALL.get(module, 'pip install ' + module)}"
-                        ) from None
+        install = _INSTALL.get(module, f"pip install {module}")
+        raise UserError(f"{purpose} needs the optional dependency {module!r}: {install}") from None
 
 
 def physical_cores() -> int:
@@ -160,7 +160,8 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends for damaged files
-        raise UserError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable ONNX model ({why}); "
                         "re-export it with 'resnet50 export --format onnx'") from e
     return {p.key: p.value for p in proto.metadata_props}
 
@@ -185,8 +186,9 @@ def _from_onnx(path: Path, size: int | None) -> InferenceModel:
 def cache_dir() -> Path:
     """Where exported ONNX files of checkpoints are kept between runs: $RESNET50_CACHE, else
     $XDG_CACHE_HOME/resnet50, else ~/.cache/resnet50."""
-    root = os.environ.get("RESNET50_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet50"
-    return Path(root)
+    if os.environ.get("RESNET50_CACHE"):
+        return Path(os.environ["RESNET50_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet50"
 
 
 def onnx_file(im: InferenceModel) -> Path:
