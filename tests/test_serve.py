@@ -98,6 +98,14 @@ def test_malformed_requests_get_4xx_json(client, body, headers, status, words):
     assert r.status_code == status and words in r.json()["error"]
 
 
+def test_oversize_chunked_body_without_length_is_413(client):
+    def chunks():  # httpx sends a generator with Transfer-Encoding: chunked, no Content-Length
+        for _ in range(20):
+            yield b"\0" * 65536
+    r = client.post("/predict", content=chunks())
+    assert r.status_code == 413 and "exceeds the 1048576-byte limit" in r.json()["error"]
+
+
 def test_health_and_metrics(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["arch"] == "resnet20_cifar" and h["classes"] == 3
