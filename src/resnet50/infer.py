@@ -5,7 +5,7 @@ Every backend is a callable ``backend(x) -> logits`` on a float32 NCHW numpy arr
     eager          PyTorch eager, channels_last memory format, under ``torch.inference_mode``. The reference:
                    every other backend is checked against it (export parity, tests).
     compile        ``torch.compile`` (Inductor) of the eager model; the first call of each batch size compiles
-                   (tens of seconds for ResNet-50 on 2 cores).
+                   (seconds with a warm Inductor cache, longer cold).
     onnx           ONNX Runtime, CPU execution provider, graph optimisation level ALL (conv+BN folding, NCHWc
                    layouts), intra-op threads = physical cores, inter-op 1.
     onnx-int8      ONNX Runtime on an INT8 QDQ model made by ``resnet50.quantize`` (the same session settings).
@@ -14,8 +14,9 @@ Every backend is a callable ``backend(x) -> logits`` on a float32 NCHW numpy arr
     openvino-int8  OpenVINO running the same INT8 QDQ model.
 
 ``AUTO_ORDER`` is the order ``auto`` tries (fastest first, measured on the 2-core development machine, see
-docs/benchmarks-inference.md); it takes the first whose dependency is installed. A model passed as a ``.onnx``
-file (our export, or the INT8 model) runs only on the ONNX backends.
+docs/benchmarks-inference.md); it takes the first whose dependency is installed. An INT8 model runs on
+``onnx-int8`` by default. A model passed as a ``.onnx`` file (our export, or the INT8 model) runs only on the
+ONNX Runtime and OpenVINO backends.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from .weights import FORMAT, Preprocessing
 FP32_BACKENDS = ("onnx", "openvino", "compile", "eager")
 INT8_BACKENDS = ("onnx-int8", "openvino-int8")
 BACKENDS = FP32_BACKENDS + INT8_BACKENDS
-# fp32 backends in the order ``auto`` picks them: ONNX Runtime measured fastest at batch 1 and 16 on the
-# development machine (docs/benchmarks-inference.md); eager is always available.
+# fp32 backends in the order ``auto`` picks them (docs/benchmarks-inference.md, ResNet-50, 2 cores): ONNX Runtime
+# was fastest at batch 1 (14.7 img/s; OpenVINO fp32 10.6, eager 8.5) and 11 % behind OpenVINO at batch 16
+# (20.1 vs 22.6), and it needs no optional extra beyond .[onnx]; eager is always there.
 AUTO_ORDER = ("onnx", "eager")
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 
