@@ -1,5 +1,6 @@
 """Training throughput of ResNet-50 v1.5 on this machine: channels_last (our default) against a plain NCHW eager
-loop, side by side in one run, at several resolutions; plus the demo's data pipeline. Medians of timed steps.
+loop, side by side in one run, at several resolutions; plus the demo's data pipeline. Medians of timed steps,
+the two layouts stepped alternately.
 
     python benchmarks/train_speed.py [--sizes 224,128,64] [--batch 32] [--steps 5] [--json out.json]
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -17,18 +19,29 @@ import torch
 from resnet50 import create_model
 
 
-def time_steps(model, x, y, steps: int, warmup: int = 1) -> list[float]:
+def step_fn(model, x, y):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    times = []
-    for i in range(warmup + steps):
+
+    def step() -> float:
         t = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+        return time.perf_counter() - t
+
+    return step
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def loader_rate(batches: int = 30) -> float:
@@ -56,16 +69,24 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
+        # Both layouts are built first and then stepped alternately, so drift in the machine's load hits both alike.
+        steps = {}
         for fmt in ("nchw", "channels_last"):
             mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
             model = create_model("resnet50").to(memory_format=mf).train()
             x = torch.randn(args.batch, 3, size, size).contiguous(memory_format=mf)
             y = torch.randint(0, 1000, (args.batch,))
-            times = time_steps(model, x, y, args.steps)
-            med = statistics.median(times)
-            rows.append({"size": size, "format": fmt, "batch": args.batch, "steps": len(times),
+            steps[fmt] = step_fn(model, x, y)
+            steps[fmt]()  # warm-up
+        times = {fmt: [] for fmt in steps}
+        for _ in range(args.steps):
+            for fmt, step in steps.items():
+                times[fmt].append(step())
+        for fmt, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"size": size, "format": fmt, "batch": args.batch, "steps": len(ts),
                          "median_step_s": med, "img_s": args.batch / med})
-            print(f"{size:>4} px  {fmt:<14} {args.batch / med:7.2f} img/s  (median of {len(times)} steps)", flush=True)
+            print(f"{size:>4} px  {fmt:<14} {args.batch / med:7.2f} img/s  (median of {len(ts)} steps)", flush=True)
     for size in sorted({r["size"] for r in rows}):
         a = next(r for r in rows if r["size"] == size and r["format"] == "nchw")
         b = next(r for r in rows if r["size"] == size and r["format"] == "channels_last")
@@ -73,7 +94,7 @@ def main() -> None:
     pipe = loader_rate()
     print(f"demo data pipeline: {pipe:.0f} img/s in one process")
     result = {"rows": rows, "demo_pipeline_img_s": pipe, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+              "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

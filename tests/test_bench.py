@@ -58,8 +58,11 @@ def test_latency_stats_percentiles():
 
 
 def test_matmul_peak_measures_torch():
-    p = matmul_peak(n=256, repeats=3)
+    p = matmul_peak(n=256, repeats=3, shapes=((64, 576, 32),))
     assert p["torch_mm_gflops"] > 0 and p["n"] == 256 and p["gflops"] >= p["torch_mm_gflops"]
+    assert list(p["per_shape"]) == ["256x256x256", "64x576x32"]
+    # an engine's rate is its fastest shape
+    assert p["torch_mm_gflops"] == max(r["torch_mm_gflops"] for r in p["per_shape"].values())
 
 
 def test_cli_json_and_errors(capsys):

@@ -3,7 +3,8 @@
 degradation (He et al. 2015, Figures 1 and 6): plain nets get worse as they get deeper, in training error as well
 as test error, so the cause is optimisation, not overfitting; the same nets with identity shortcuts (option A) get
 better with depth. CIFAR-style nets of depth 6n+2, trained with the section 4.2 recipe scaled to a few epochs:
-SGD momentum 0.9, lr 0.1 per 128 images divided by 10 at 50 % and 75 % of training, weight decay 1e-4.
+SGD momentum 0.9, lr 0.1 per 128 images (0.2 per 256, as ``lr`` counts it) divided by 10 at 50 % and 75 % of
+training, weight decay 1e-4.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: f
 
 
 def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs: int = 6, batch_size: int = 128,
-                lr: float = 0.1, out: str = "runs/degradation", max_steps: int = 0, progress: bool = True) -> dict:
+                lr: float = 0.2, out: str = "runs/degradation", max_steps: int = 0, progress: bool = True) -> dict:
     """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves."""
     from .train import train
 

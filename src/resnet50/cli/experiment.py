@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1, help="per 256 images")
+    p.add_argument("--lr", type=float, default=0.2, help="per 256 images (the paper: 0.1 at batch 128)")
     p.add_argument("--max_steps", type=int, default=0, help="stop each run after this many steps (smoke tests)")
     p.add_argument("--out", default="runs/degradation")
     p.add_argument("--no-progress", action="store_true")
