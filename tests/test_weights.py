@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def test_save_then_load_gives_identical_outputs_and_metadata(tmp_path):
     assert ck.config == m.cfg
     assert _same_outputs(m, ck.model, 32, 1)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_torchvision_layout_round_trip_strict(tmp_path):
