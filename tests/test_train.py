@@ -19,8 +19,9 @@ from resnet50.train import TrainingDiverged, train
 
 from .helpers import make_idx_dataset
 
-# lr is per 256 images: 3.2 is 0.2 at batch 16
-TINY = dict(arch="resnet20_cifar", image_size=32, batch_size=16, workers=0, epochs=2, lr=3.2, warmup_epochs=0,
+# lr is per 256 images and the demo recipe is AdamW: 0.064 is 0.004 at batch 16 (a rate of 0.2 made the runs chaotic,
+# so two runs that differ only in BN batch statistics drifted apart by 9 % in loss)
+TINY = dict(arch="resnet20_cifar", image_size=32, batch_size=16, workers=0, epochs=2, lr=0.064, warmup_epochs=0,
             schedule="cosine", channels_last=False)
 
 
@@ -62,7 +63,7 @@ def test_training_writes_a_complete_run_folder(data, tmp_path):
     assert rows[0]["train_images"] == 144 and 0 <= rows[0]["data_share"] <= 1  # 160 - 10 % held out
     assert rows[2]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_top1"] > 0.5  # four textures: well above chance (0.25) after 27 steps
-    assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 3.2
+    assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 0.064
     ck = weights.load(run / "best.safetensors")
     assert ck.classes == [str(i) for i in range(4)] and ck.config.in_chans == 1
     assert (ck.preprocessing.resize, ck.preprocessing.crop) == (28, 32)  # 28 px centred on a 32 px canvas
@@ -163,8 +164,8 @@ def test_ddp_two_processes_match_one(data, tmp_path):
         # the same global batch of the same samples per step (8 per process), averaged gradients; BN statistics
         # are per process (SyncBN is GPU-only), so the runs agree closely but not bit for bit
         assert (a["step"], a["train_images"]) == (b["step"], b["train_images"]) == (a["epoch"] * 9, 144)
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
-        assert abs(b["val_top1"] - a["val_top1"]) <= 0.2
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
+        assert abs(b["val_top1"] - a["val_top1"]) <= 0.15
     assert (tmp_path / "two" / "final.safetensors").exists() and not (tmp_path / "two" / "rank1").exists()
 
 
