@@ -79,7 +79,7 @@ def test_degradation_experiment_smoke(setup, tmp_path):
                           "--out", str(tmp_path), "--no-progress", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
-    assert [x["arch"] for x in r["runs"]] == ["plain20_cifar", "resnet20_cifar"]
+    assert [x["arch"] for x in r["runs"]] == ["plain20_cifar", "resnet20_cifar"] and r["warmup_epochs"] == 0.5
     assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
     hist = json.loads((tmp_path / "degradation.json").read_text())["histories"]
     assert hist["resnet20_cifar"][0]["step"] == 2

@@ -8,9 +8,10 @@ def register(sub) -> None:
     p.add_argument("name", choices=("degradation",))
     p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.2, help="per 256 images (the paper: 0.1 at batch 128)")
+    p.add_argument("--warmup_epochs", type=float, default=0.5, help="linear warmup, the same for every net")
     p.add_argument("--max_steps", type=int, default=0, help="stop each run after this many steps (smoke tests)")
     p.add_argument("--out", default="runs/degradation")
     p.add_argument("--no-progress", action="store_true")
@@ -23,7 +24,7 @@ def run(args) -> int:
 
     depths = [int(x) for x in args.depths.split(",") if x.strip()]
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         out=args.out, max_steps=args.max_steps, progress=not args.no_progress)
+                         warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps, progress=not args.no_progress)
     if args.json:
         print_json(result)
     else:
