@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cpu import cpu_info
 from .errors import UserError
 from .infer import (BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends, create_backend,
                     load_model, physical_cores, resolve_backend)
@@ -90,15 +91,8 @@ def matmul_peak(n: int = 2048, repeats: int = 7, threads: int | None = None,
 
 
 def hardware() -> dict:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags = cpu_info()
+    model = model or platform.processor() or platform.machine()
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
     # The load average says whether other work shared the CPU during the run (it does on shared machines).
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None

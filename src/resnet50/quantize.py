@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.decode import ImageDecodeError
+from .cpu import has_vnni
 from .errors import UserError
 from .infer import (ONNX_INPUT, InferenceModel, OnnxRuntimeBackend, create_backend, load_model, onnx_file,
                     require)
@@ -41,14 +42,6 @@ from .weights import atomic_path
 
 CALIB_METHODS = ("minmax", "percentile")
 QUANTIZATION = "int8-qdq-u8s8-per-channel"
-
-
-def has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata: dict[str, str],

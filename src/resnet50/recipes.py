@@ -81,7 +81,7 @@ class RunSpec:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms + fixed seeds: bit-exact reruns and resumes
     device: str = "auto"  # auto, cpu, cuda
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU where bf16 convolutions are slow), bf16, fp16, off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), bf16, fp16, off
     channels_last: bool = True  # NHWC: 11.3 vs 6.6 img/s training at 128 px on the 2-core CPU (issue #3 figure)
     compile: bool = False  # torch.compile the model
     ema_decay: float = 0.0  # exponential moving average of the weights; 0 = off
