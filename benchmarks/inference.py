@@ -1,15 +1,18 @@
 """Inference benchmark of ResNet-50 v1.5 on this machine: every backend at batch 1 (SingleStream) and 16 (Offline).
 
-    python benchmarks/inference.py [--runs 15] [--backends eager,compile,onnx,openvino,onnx-int8,openvino-int8]
+    python benchmarks/inference.py [--repeat 3] [--runs 25] [--backends eager,compile,onnx,...]
 
-Writes benchmarks/results/inference.json (the full report of ``resnet50.bench.benchmark``) and prints the Markdown
-table kept in docs/benchmarks-inference.md. Random weights: speed does not depend on the weights' values (the INT8
-models are calibrated on random inputs for the same reason). Takes several minutes on 2 cores (torch.compile
+Runs the whole benchmark ``--repeat`` times in a row (each a fresh ``resnet50.bench.benchmark``: new peak
+measurement, new sessions), writes each full report to benchmarks/results/inference-N.json, prints the Markdown
+table kept in docs/benchmarks-inference.md for each, and then the spread of every figure over the repeats. Random
+weights: speed does not depend on the weights' values (the INT8 models are calibrated on random inputs for the same
+reason). Takes several minutes on 2 cores (torch.compile
 compiles once per batch size).
 """
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -36,20 +39,44 @@ def main() -> int:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "inference.json"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for inference-N.json")
     args = ap.parse_args()
-    report = benchmark(arch=args.arch, backends=args.backends.split(","),
-                       batches=[int(b) for b in args.batches.split(",")], warmup=args.warmup, runs=args.runs,
-                       progress=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_report(report))
-    print()
-    print(markdown(report))
-    print(f"\nwrote {out}", file=sys.stderr)
+    reports = []
+    for i in range(1, args.repeat + 1):
+        report = benchmark(arch=args.arch, backends=args.backends.split(","),
+                           batches=[int(b) for b in args.batches.split(",")], warmup=args.warmup, runs=args.runs,
+                           progress=True)
+        out = Path(args.out) / f"inference-{i}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"## repeat {i}\n\n{format_report(report)}\n\n{markdown(report)}\n", flush=True)
+        print(f"wrote {out}", file=sys.stderr)
+        reports.append(report)
+    print(spread(reports))
     return 0
+
+
+def spread(reports: list[dict]) -> str:
+    """Each figure's median and range over the repeats: img/s per (backend, batch), the limit, the ratios."""
+    lines = [f"over {len(reports)} repeats: median (min-max)",
+             "limit img/s: " + _mmm([r["limit_img_s"] for r in reports])]
+    for x in reports[0]["results"]:
+        vals = [y["throughput_img_s"] for r in reports for y in r["results"]
+                if (y["backend"], y["batch"]) == (x["backend"], x["batch"])]
+        lines.append(f"{x['backend']:<14} batch {x['batch']:>3}: {_mmm(vals)} img/s")
+    for batch in reports[0]["comparisons"]:
+        for key in ("default_vs_onnx", "int8_vs_best_fp32"):
+            vals = [r["comparisons"][batch][key] for r in reports if key in r["comparisons"].get(batch, {})]
+            if vals:
+                lines.append(f"batch {batch}: {key} {_mmm(vals, 2)}x")
+    return "\n".join(lines)
+
+
+def _mmm(vals: list[float], digits: int = 1) -> str:
+    vals = sorted(vals)
+    return f"{statistics.median(vals):.{digits}f} ({vals[0]:.{digits}f}-{vals[-1]:.{digits}f})"
 
 
 if __name__ == "__main__":

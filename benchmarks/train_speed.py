@@ -2,7 +2,7 @@
 loop, side by side in one run, at several resolutions; plus the demo's data pipeline. Medians of timed steps,
 the two layouts stepped alternately.
 
-    python benchmarks/train_speed.py [--sizes 224,128,64] [--batch 32] [--steps 5] [--json out.json]
+    python benchmarks/train_speed.py [--sizes 224,128,64] [--batch 32] [--steps 5] [--bf16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import torch
 from resnet50 import create_model
 
 
-def step_fn(model, x, y):
+def step_fn(model, x, y, amp: bool = False):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> float:
         t = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -65,18 +66,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--bf16", action="store_true", help="also time channels_last with bf16 autocast (--amp bf16)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         # Both layouts are built first and then stepped alternately, so drift in the machine's load hits both alike.
         steps = {}
-        for fmt in ("nchw", "channels_last"):
-            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        for fmt in ("nchw", "channels_last") + (("channels_last+bf16",) if args.bf16 else ()):
+            mf = torch.contiguous_format if fmt == "nchw" else torch.channels_last
             model = create_model("resnet50").to(memory_format=mf).train()
             x = torch.randn(args.batch, 3, size, size).contiguous(memory_format=mf)
             y = torch.randint(0, 1000, (args.batch,))
-            steps[fmt] = step_fn(model, x, y)
+            steps[fmt] = step_fn(model, x, y, amp=fmt.endswith("bf16"))
             steps[fmt]()  # warm-up
         times = {fmt: [] for fmt in steps}
         for _ in range(args.steps):
@@ -89,8 +91,9 @@ def main() -> None:
             print(f"{size:>4} px  {fmt:<14} {args.batch / med:7.2f} img/s  (median of {len(ts)} steps)", flush=True)
     for size in sorted({r["size"] for r in rows}):
         a = next(r for r in rows if r["size"] == size and r["format"] == "nchw")
-        b = next(r for r in rows if r["size"] == size and r["format"] == "channels_last")
-        print(f"{size:>4} px  channels_last / NCHW = {b['img_s'] / a['img_s']:.2f}x")
+        for r in rows:
+            if r["size"] == size and r["format"] != "nchw":
+                print(f"{size:>4} px  {r['format']} / NCHW = {r['img_s'] / a['img_s']:.2f}x")
     pipe = loader_rate()
     print(f"demo data pipeline: {pipe:.0f} img/s in one process")
     result = {"rows": rows, "demo_pipeline_img_s": pipe, "torch": torch.__version__, "threads": torch.get_num_threads(),
