@@ -27,6 +27,10 @@ def test_recipes_resolve_to_their_documented_hyperparameters():
     f = get_recipe("fast")
     assert f.data.min_res < f.data.image_size and f.run.tta_flip and f.optim.schedule == "triangular"
     assert f.optim.lr * f.data.batch_size / 256 == pytest.approx(1.7) and f.optim.weight_decay == 1e-4
+    d = get_recipe("demo")
+    assert (d.model.arch, d.model.variant, d.data.data, d.data.image_size, d.data.crop_pct, d.optim.optimizer,
+            d.optim.lr, d.optim.weight_decay, d.optim.epochs, d.optim.label_smoothing, d.run.amp) == \
+        ("resnet50", "v1.5", "embedded", 48, 1.0, "adamw", 0.004, 0.05, 10, 0.1, "auto")
     assert set(RECIPES) == {"demo", "paper", "nvidia", "torchvision-v2", "rsb-a3", "fast"}
 
 

@@ -409,12 +409,13 @@ def _plot(run_dir: Path, history: list[dict]) -> None:
 
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_loss"] for r in history], label="train")
+    # the training loss is the optimised one (label smoothing, mixup included); validation is plain cross-entropy
+    a.plot(ep, [r["train_loss"] for r in history], color="C0", label="train (as optimised)")
+    b.plot(ep, [100 * (1 - r["train_top1"]) for r in history], color="C0", label="train")
     vals = [(r["epoch"], r) for r in history if "val_loss" in r]
     if vals:
-        a.plot([e for e, _ in vals], [r["val_loss"] for _, r in vals], label="val")
-        b.plot([e for e, _ in vals], [100 * (1 - r["val_top1"]) for _, r in vals], label="val")
-    b.plot(ep, [100 * (1 - r["train_top1"]) for r in history], label="train")
+        a.plot([e for e, _ in vals], [r["val_loss"] for _, r in vals], color="C1", label="val")
+        b.plot([e for e, _ in vals], [100 * (1 - r["val_top1"]) for _, r in vals], color="C1", label="val")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     b.set(xlabel="epoch", ylabel="error (%)", title="top-1 error")
     for ax in (a, b):
