@@ -67,7 +67,7 @@ def spread(reports: list[dict]) -> str:
                 if (y["backend"], y["batch"]) == (x["backend"], x["batch"])]
         lines.append(f"{x['backend']:<14} batch {x['batch']:>3}: {_mmm(vals)} img/s")
     for batch in reports[0]["comparisons"]:
-        for key in ("default_vs_onnx", "int8_vs_best_fp32"):
+        for key in ("default_vs_onnx", "int8_vs_best_fp32", "bf16_vs_best_fp32"):
             vals = [r["comparisons"][batch][key] for r in reports if key in r["comparisons"].get(batch, {})]
             if vals:
                 lines.append(f"batch {batch}: {key} {_mmm(vals, 2)}x")

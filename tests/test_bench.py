@@ -75,3 +75,15 @@ def test_cli_json_and_errors(capsys):
     assert rc == 2 and err.count("\n") == 1 and "unknown backend 'tvm'" in err
     rc = main(["benchmark", "--arch", "resnet20_cifar", "--batch", "1,x"])
     assert rc == 2 and "comma-separated list" in capsys.readouterr().err
+
+
+def test_comparisons_group_backends_by_precision():
+    from resnet50.bench import comparisons, precision
+
+    assert [precision(b) for b in ("onnx", "eager-bf16", "openvino-int8")] == ["fp32", "bf16", "int8"]
+    rows = [{"backend": b, "batch": 1, "throughput_img_s": v} for b, v in
+            (("onnx", 50.0), ("eager", 30.0), ("eager-bf16", 45.0), ("openvino-bf16", 65.0), ("onnx-int8", 140.0))]
+    c = comparisons(rows, "onnx")["1"]
+    assert (c["best_fp32"], c["best_bf16"], c["best_int8"]) == ("onnx", "openvino-bf16", "onnx-int8")
+    assert c["bf16_vs_best_fp32"] == pytest.approx(1.3) and c["int8_vs_best_fp32"] == pytest.approx(2.8)
+    assert c["default_vs_onnx"] == 1.0

@@ -10,7 +10,7 @@ import torch
 from resnet50 import create_model
 from resnet50.cli import main
 from resnet50.errors import UserError
-from resnet50.infer import (AUTO_ORDER, BACKENDS, EagerBackend, create_backend, load_model, onnx_file,
+from resnet50.infer import (AUTO_ORDER, BACKENDS, BF16_BACKENDS, EagerBackend, available_backends, create_backend, load_model, onnx_file,
                             physical_cores, resolve_backend, topk)
 from resnet50.weights import Preprocessing, save
 
@@ -52,6 +52,34 @@ def test_backends_match_eager(ckpt, name):
     assert other.name == name
     for n in (1, 5):  # two batch sizes through the same session: the batch dimension is dynamic
         np.testing.assert_allclose(other(batch(n, n)), eager(batch(n, n)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", BF16_BACKENDS)
+def test_bf16_backends_are_close_to_eager_not_equal(ckpt, name):
+    if name == "openvino-bf16":
+        pytest.importorskip("openvino")
+    im = load_model(ckpt)
+    eager, other = create_backend("eager", im), create_backend(name, im)
+    x = batch(6)
+    want, got = eager(x), other(x)
+    assert other.name == name and got.dtype == np.float32 and got.shape == want.shape
+    # bf16 keeps 8 significant bits (relative rounding 2^-9 per operation): close to fp32, and not fp32 itself
+    # where the CPU computes in bf16 (openvino-bf16 may stay in fp32 on CPUs without bf16 instructions)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 0.05, err
+    if name == "eager-bf16":
+        assert err > 1e-6
+
+
+def test_bf16_backends_are_offered_only_with_bf16_instructions(ckpt, monkeypatch):
+    import resnet50.cpu
+
+    assert not set(AUTO_ORDER) & set(BF16_BACKENDS)  # auto means an fp32 result
+    monkeypatch.setattr(resnet50.cpu, "cpu_info", lambda: ("cpu", frozenset({"avx2", "fma"})))
+    assert not set(available_backends()) & set(BF16_BACKENDS)
+    monkeypatch.setattr(resnet50.cpu, "cpu_info", lambda: ("cpu", frozenset({"avx512f", "avx512_bf16"})))
+    assert "eager-bf16" in available_backends()
+    assert resolve_backend("auto", load_model(ckpt)) in AUTO_ORDER
 
 
 def test_onnx_export_is_cached_per_checkpoint(ckpt):

@@ -27,7 +27,7 @@ import torch
 
 from .cpu import cpu_info
 from .errors import UserError
-from .infer import (BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends, create_backend,
+from .infer import (BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends, create_backend,
                     load_model, physical_cores, resolve_backend)
 from .summary import count_params, summarize
 
@@ -208,7 +208,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
             lat = latency_stats(times[(name, b)])
             thr = b * 1e3 / lat["p50"]
             results.append({
-                "backend": name, "precision": "int8" if name in INT8_BACKENDS else "fp32",
+                "backend": name, "precision": precision(name),
                 "scenario": "SingleStream" if b == 1 else "Offline", "batch": b, "runs": runs, "warmup": warmup,
                 "latency_ms": lat, "throughput_img_s": thr, "pct_of_limit": 100.0 * thr / limit,
                 # the fastest run: the closest figure to an idle machine when other jobs share the CPU
@@ -235,13 +235,19 @@ def _random_int8(im: InferenceModel, folder: Path) -> InferenceModel:
     return load_model(path)
 
 
+def precision(backend: str) -> str:
+    return "int8" if backend in INT8_BACKENDS else "bf16" if backend in BF16_BACKENDS else "fp32"
+
+
 def comparisons(results: list[dict], default: str) -> dict:
-    """Per batch: the default backend / ONNX Runtime, and the best INT8 / the best fp32 backend (throughput)."""
+    """Per batch: the default backend / ONNX Runtime, and the best INT8 (and bf16) / the best fp32 backend
+    (throughput)."""
     out = {}
     for batch in sorted({r["batch"] for r in results}):
         rows = {r["backend"]: r["throughput_img_s"] for r in results if r["batch"] == batch}
         fp32 = {k: v for k, v in rows.items() if k in FP32_BACKENDS}
         int8 = {k: v for k, v in rows.items() if k in INT8_BACKENDS}
+        bf16 = {k: v for k, v in rows.items() if k in BF16_BACKENDS}
         c = {}
         if default in rows and "onnx" in rows:
             c["default_vs_onnx"] = rows[default] / rows["onnx"]
@@ -250,6 +256,9 @@ def comparisons(results: list[dict], default: str) -> dict:
         if int8 and fp32:
             c["best_int8"] = max(int8, key=int8.get)
             c["int8_vs_best_fp32"] = int8[c["best_int8"]] / fp32[c["best_fp32"]]
+        if bf16 and fp32:
+            c["best_bf16"] = max(bf16, key=bf16.get)
+            c["bf16_vs_best_fp32"] = bf16[c["best_bf16"]] / fp32[c["best_fp32"]]
         out[str(batch)] = c
     return out
 
@@ -274,6 +283,8 @@ def format_report(r: dict) -> str:
             parts.append(f"default ({r['default_backend']}) / onnx = {c['default_vs_onnx']:.2f}x")
         if "int8_vs_best_fp32" in c:
             parts.append(f"{c['best_int8']} / {c['best_fp32']} = {c['int8_vs_best_fp32']:.2f}x")
+        if "bf16_vs_best_fp32" in c:
+            parts.append(f"{c['best_bf16']} / {c['best_fp32']} = {c['bf16_vs_best_fp32']:.2f}x")
         if parts:
             lines.append(f"batch {batch}: " + "; ".join(parts))
     return "\n".join(lines)

@@ -12,6 +12,13 @@ Every backend is a callable ``backend(x) -> logits`` on a float32 NCHW numpy arr
     openvino       OpenVINO on CPU (optional: ``pip install openvino``), fp32 precision forced: on CPUs with
                    AVX512-BF16 OpenVINO would otherwise run in bf16 by default, which is not an fp32 result.
     openvino-int8  OpenVINO running the same INT8 QDQ model.
+    eager-bf16     PyTorch eager (channels_last) under bf16 autocast: convolutions and the classifier in bf16,
+                   logits returned as float32. Fast only on CPUs with bf16 instructions (AVX512-BF16, AMX).
+    openvino-bf16  OpenVINO with its inference precision set to bf16 (its own default on such CPUs).
+
+The bf16 backends do not give an fp32 result (bf16 keeps 8 bits of mantissa): ``auto`` never picks them, and
+they are listed as available only on CPUs with bf16 instructions; their accuracy is checked against eager
+(docs/benchmarks-inference.md).
 
 ``AUTO_ORDER`` is the order ``auto`` tries (fastest first, measured on the 2-core development machine, see
 docs/benchmarks-inference.md); it takes the first whose dependency is installed. An INT8 model runs on
@@ -33,13 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cpu import has_native_bf16
 from .errors import UserError
 from .model import ResNet, create_model
 from .weights import FORMAT, Preprocessing
 
 FP32_BACKENDS = ("onnx", "openvino", "compile", "eager")
 INT8_BACKENDS = ("onnx-int8", "openvino-int8")
-BACKENDS = FP32_BACKENDS + INT8_BACKENDS
+BF16_BACKENDS = ("eager-bf16", "openvino-bf16")
+BACKENDS = FP32_BACKENDS + INT8_BACKENDS + BF16_BACKENDS
 # fp32 backends in the order ``auto`` picks them (docs/benchmarks-inference.md, ResNet-50, 2 cores): ONNX Runtime
 # was fastest at batch 1 (14.7 img/s; OpenVINO fp32 10.6, eager 8.5) and 11 % behind OpenVINO at batch 16
 # (20.1 vs 22.6), and it needs no optional extra beyond .[onnx]; eager is always there.
@@ -239,6 +248,14 @@ class EagerBackend(Backend):
             return self.model(t).float().numpy()
 
 
+class EagerBf16Backend(EagerBackend):
+    name = "eager-bf16"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().__call__(x)
+
+
 class CompileBackend(EagerBackend):
     name = "compile"
 
@@ -275,7 +292,7 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or physical_cores(),
                   # fp32 means fp32: without this OpenVINO runs bf16 on CPUs that have it (AVX512-BF16, AMX).
-                  "INFERENCE_PRECISION_HINT": "f32"}
+                  "INFERENCE_PRECISION_HINT": "bf16" if name == "openvino-bf16" else "f32"}
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -285,12 +302,15 @@ class OpenVinoBackend(Backend):
 
 
 def available_backends() -> list[str]:
-    """The backends whose dependencies are installed (INT8 ones also need an INT8 model)."""
+    """The backends whose dependencies are installed (INT8 ones also need an INT8 model); bf16 ones only on CPUs
+    with bf16 instructions, where they are fast."""
     import importlib.util
 
     have = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "openvino", "onnx")}
     out = []
     for b in BACKENDS:
+        if b in BF16_BACKENDS and not has_native_bf16():
+            continue
         if b.startswith("onnx") and not (have["onnxruntime"] and have["onnx"]):
             continue
         if b.startswith("openvino") and not have["openvino"]:
@@ -315,7 +335,7 @@ def resolve_backend(name: str, im: InferenceModel) -> str:
                         "--calib DIR --out model.int8.onnx' and pass --weights model.int8.onnx")
     if im.quantization and name not in INT8_BACKENDS:
         raise UserError(f"{im.onnx_path} is an INT8 model; run it with --backend onnx-int8 or openvino-int8")
-    if im.model is None and name in ("eager", "compile"):
+    if im.model is None and name in ("eager", "compile", "eager-bf16"):
         raise UserError(f"the {name} backend needs PyTorch weights; {im.onnx_path} is ONNX: use --backend onnx "
                         "or openvino, or pass the .safetensors checkpoint")
     return name
@@ -332,6 +352,8 @@ def create_backend(name: str, im: InferenceModel, threads: int | None = None) ->
         return EagerBackend(im.model, threads)
     if name == "compile":
         return CompileBackend(im.model, threads)
+    if name == "eager-bf16":
+        return EagerBf16Backend(im.model, threads)
     if name.startswith("onnx"):
         require("onnxruntime", f"the {name} backend")
         return OnnxRuntimeBackend(onnx_file(im), name, threads)
