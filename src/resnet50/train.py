@@ -100,7 +100,8 @@ def build_data(cfg: TrainConfig, d: Dist, split_eval: str = "val"):
     train_set = build_dataset(dc.data, "train", val_fraction=dc.val_fraction, seed=cfg.run.seed)
     val_set = build_dataset(dc.data, split_eval, val_fraction=dc.val_fraction, seed=cfg.run.seed)
     tcfg = default_transform_config(train_set, dc.image_size)
-    over = dict(hflip=dc.hflip, scale=(dc.min_scale, 1.0))
+    over = dict(hflip=dc.hflip, scale=(dc.min_scale, 1.0), auto_augment=dc.auto_augment,
+                random_erasing=dc.random_erasing)
     if dc.train_crop != "auto":
         over["train_crop"] = dc.train_crop
     if dc.crop_pct:

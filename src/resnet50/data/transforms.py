@@ -7,6 +7,8 @@
     evaluation            Resize(eval_size, shorter side) -> CenterCrop(image_size) -> ToTensor -> Normalize;
                           eval_size = image_size / crop_pct, ImageNet's 256 -> 224 at crop_pct 0.875
     10-crop evaluation    Resize(eval_size) -> TenCrop(image_size) -> (10, C, H, W): the paper's 10-crop testing
+    options (training)    auto_augment (TrivialAugmentWide or RandAugment) after the flip, random erasing after
+                          Normalize: see augment.py
 
 Randomness comes from torch, never Python's ``random``: every random transform takes ``generator`` (a
 ``torch.Generator``) or, when it is None, uses torch's global generator. Seeding torch therefore fixes the
@@ -29,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
+from .augment import RandomErasing, build_auto_augment
 from .stats import (
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN,
     IMAGENET_STD,
@@ -62,6 +65,10 @@ class TransformConfig:
     # Decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers what the pipeline needs (draft_size
     # below); figures in docs/benchmarks-data.md. Off by default: it changes pixels slightly.
     jpeg_draft: bool = False
+    # Training only, after the crop and flip: '' (none), 'ta_wide' (TrivialAugmentWide) or a timm-style RandAugment
+    # string ('rand-m6-mstd0.5-inc1'); then, after normalisation, random erasing with this probability.
+    auto_augment: str = ""
+    random_erasing: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
@@ -89,6 +96,9 @@ class TransformConfig:
             raise UserError(f"std values must be positive, not {self.std}")
         if self.train_crop not in ("random_resized", "pad"):
             raise UserError(f"unknown train_crop {self.train_crop!r}; use 'random_resized' or 'pad'")
+        build_auto_augment(self.auto_augment)  # raises a UserError for an unknown policy
+        if not 0 <= self.random_erasing <= 1:
+            raise UserError(f"random_erasing is a probability in [0, 1], not {self.random_erasing}")
 
     @property
     def eval_size(self) -> int:
@@ -390,7 +400,13 @@ def build_transform(cfg: TransformConfig, train: bool, *, ten_crop: bool = False
         return Compose([Resize(cfg.eval_size, resample), TenCrop(cfg.image_size), _Each(Compose(tensor))])
     if not train:
         return Compose(fit + tensor)
-    flip = RandomHorizontalFlip(cfg.hflip)
-    if cfg.train_crop == "pad":
-        return Compose(fit + [RandomCrop(cfg.image_size, cfg.pad), flip] + tensor)
-    return Compose([RandomResizedCrop(cfg.image_size, cfg.scale, cfg.ratio, resample), flip] + tensor)
+    steps = fit + [RandomCrop(cfg.image_size, cfg.pad)] if cfg.train_crop == "pad" else \
+        [RandomResizedCrop(cfg.image_size, cfg.scale, cfg.ratio, resample)]
+    steps.append(RandomHorizontalFlip(cfg.hflip))
+    policy = build_auto_augment(cfg.auto_augment)
+    if policy is not None:
+        steps.append(policy)
+    steps += tensor
+    if cfg.random_erasing:
+        steps.append(RandomErasing(cfg.random_erasing))
+    return Compose(steps)
