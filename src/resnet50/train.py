@@ -101,7 +101,7 @@ def build_data(cfg: TrainConfig, d: Dist, split_eval: str = "val"):
     val_set = build_dataset(dc.data, split_eval, val_fraction=dc.val_fraction, seed=cfg.run.seed)
     tcfg = default_transform_config(train_set, dc.image_size)
     over = dict(hflip=dc.hflip, scale=(dc.min_scale, 1.0), auto_augment=dc.auto_augment,
-                random_erasing=dc.random_erasing)
+                random_erasing=dc.random_erasing, interpolation=dc.interpolation)
     if dc.train_crop != "auto":
         over["train_crop"] = dc.train_crop
     if dc.crop_pct:
@@ -115,7 +115,7 @@ def build_data(cfg: TrainConfig, d: Dist, split_eval: str = "val"):
     per_rank = dc.batch_size // d.world
     pin = torch.cuda.is_available()
     train_loader = build_loader(train_set, per_rank, train=True, workers=dc.workers, pin_memory=pin,
-                                seed=cfg.run.seed, drop_last=True)
+                                seed=cfg.run.seed, drop_last=True, repeats=dc.repeated_aug)
     val_loader = build_loader(val_set, per_rank, train=False, workers=dc.workers, pin_memory=pin,
                               seed=cfg.run.seed)
     if len(train_loader) == 0:

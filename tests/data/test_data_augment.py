@@ -92,8 +92,11 @@ def test_pipeline_and_recipes_wire_them_in():
                                                                                     "ToTensor", "Normalize"]
     assert build_transform(cfg, train=True)(_img(), torch.Generator().manual_seed(0)).shape == (3, 32, 32)
     t, r = get_recipe("torchvision-v2"), get_recipe("rsb-a3")
-    assert (t.data.auto_augment, t.data.random_erasing) == ("ta_wide", 0.1)
-    assert (r.data.auto_augment, r.data.random_erasing) == ("rand-m6-mstd0.5-inc1", 0.0)
+    assert (t.data.auto_augment, t.data.random_erasing, t.data.repeated_aug) == ("ta_wide", 0.1, 4)
+    assert (r.data.auto_augment, r.data.random_erasing, r.data.interpolation) == ("rand-m6-mstd0.5-inc1", 0.0,
+                                                                                 "bicubic")
+    with pytest.raises(UserError, match="unknown interpolation"):
+        resolve("demo", {"interpolation": "cubic"})
     with pytest.raises(UserError, match="unknown auto_augment"):
         resolve("demo", {"auto_augment": "trivial"})
     with pytest.raises(UserError):

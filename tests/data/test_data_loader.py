@@ -44,6 +44,43 @@ def test_sampler_matches_torch_distributed_sampler(replicas, shuffle):
             assert [i for _, i in ours] == list(theirs) and len(ours) == len(theirs)
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_repeated_augmentation_follows_torchvisions_ra_sampler(replicas):
+    n, reps = 10, 4
+    for rank in range(replicas):
+        ours = ResumableSampler(n, shuffle=True, seed=5, num_replicas=replicas, rank=rank, repeats=reps)
+        ours.set_epoch(2)
+        # torchvision references/classification/sampler.py RASampler, before its cut to a multiple of 256
+        g = torch.Generator()
+        g.manual_seed(5 + 2)
+        theirs = [i for i in torch.randperm(n, generator=g).tolist() for _ in range(reps)]
+        total = -(-n * reps // replicas) * replicas
+        theirs = (theirs + theirs[: total - len(theirs)])[rank:total:replicas]
+        got = list(ours)
+        assert len(got) == len(ours) == -(-n // replicas)  # the epoch keeps its length
+        assert [k[1] for k in got] == theirs[: len(got)]
+        copies = [0 if len(k) == 2 else k[2] for k in got]
+        assert copies == [(rank + replicas * j) % reps for j in range(len(got))]  # global position mod reps
+
+
+def test_repeated_copies_get_their_own_augmentation_and_resume_exactly():
+    def make():
+        return build_loader(Numbers(12), 6, train=True, seed=3, repeats=3)
+
+    epoch0 = run(make())
+    rows = [row for batch in epoch0 for row in batch]
+    assert len(rows) == 12 and [r[0] for r in rows[::3]] == [r[0] for r in rows[1::3]] == [r[0] for r in rows[2::3]]
+    assert all(len({r[1] for r in rows[i:i + 3]}) == 3 for i in range(0, 12, 3))  # three different draws of u
+    first = make()
+    it = iter(first)
+    next(it)
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    assert run(resumed) == epoch0[1:]
+    with pytest.raises(UserError, match="repeated augmentation"):
+        ResumableSampler(5, shuffle=False, pad=False, repeats=2)
+
+
 def test_evaluation_sampler_reads_each_sample_once_across_ranks():
     parts = [list(ResumableSampler(5, shuffle=False, num_replicas=2, rank=r, pad=False)) for r in range(2)]
     assert [[i for _, i in p] for p in parts] == [[0, 2, 4], [1, 3]]

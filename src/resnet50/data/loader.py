@@ -80,13 +80,21 @@ class ResumableSampler(Sampler):
     seed + epoch (or 0..n-1 without shuffling); with ``pad`` (training) the list is extended by repeating its start
     until every rank gets ceil(n / replicas) samples, without it (evaluation) each sample is seen exactly once and
     ranks may differ by one. Yields ``(epoch, index)`` so a worker can seed each sample's augmentation.
+
+    ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; torchvision's ``RASampler``, the torchvision-v2
+    recipe's ``--ra-reps 4``): every index of the permutation appears ``repeats`` times in a row, so consecutive
+    copies go to different ranks (or sit in one batch on a single process), each with its own augmentation; the
+    epoch keeps ceil(n / replicas) samples per rank, so it covers about n / repeats distinct images. Copies after
+    the first are yielded as ``(epoch, index, copy)``, which gives them their own augmentation seed.
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 pad: bool = True) -> None:
+                 pad: bool = True, repeats: int = 1) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.size, self.shuffle, self.seed = size, shuffle, seed
+        if repeats < 1 or (repeats > 1 and not pad):
+            raise UserError(f"repeated augmentation needs repeats >= 1 and a training sampler, got {repeats}")
+        self.size, self.shuffle, self.seed, self.repeats = size, shuffle, seed, repeats
         self.num_replicas, self.rank, self.pad = num_replicas, rank, pad
         self.epoch, self.start = 0, 0
 
@@ -101,23 +109,28 @@ class ResumableSampler(Sampler):
         """Read ``epoch``'s order, beginning after its first ``start`` samples (of this rank)."""
         self.epoch, self.start = epoch, start
 
-    def indices(self) -> list[int]:
-        """This rank's whole order for the current epoch."""
+    def keys(self) -> list[tuple[int, int]]:
+        """This rank's whole order for the current epoch, as (index, copy); copy is 0 without repeats."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
+        keys = [(i, c) for i in order for c in range(self.repeats)]
         if self.pad:
-            total = self.num_samples * self.num_replicas
-            while len(order) < total:
-                order += order[: total - len(order)]
-        return order[self.rank::self.num_replicas]
+            total = max(self.num_samples * self.num_replicas, len(keys) if self.repeats == 1 else 0)
+            while len(keys) < total:
+                keys += keys[: total - len(keys)]
+        return keys[self.rank::self.num_replicas][: self.num_samples]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def indices(self) -> list[int]:
+        """This rank's whole order for the current epoch."""
+        return [i for i, _ in self.keys()]
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         epoch = self.epoch
-        return iter([(epoch, i) for i in self.indices()[self.start:]])
+        return iter([(epoch, i) if c == 0 else (epoch, i, c) for i, c in self.keys()[self.start:]])
 
     def __len__(self) -> int:
         return max(self.num_samples - self.start, 0)
@@ -132,10 +145,10 @@ class _SkipErrors(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, ...]) -> Any:
+        index = key[1]  # key: (epoch, index) or, for a repeated copy, (epoch, index, copy)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, index))
+            torch.default_generator.manual_seed(mix_seed(self.seed, *key))
             try:
                 return self.dataset[index]
             except ImageDecodeError as e:
@@ -168,7 +181,7 @@ class Loader:
     """A DataLoader with skip reporting, epochs and a resumable position; see the module docstring."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, workers: int, pin_memory: bool,
-                 seed: int, drop_last: bool, distributed: bool) -> None:
+                 seed: int, drop_last: bool, distributed: bool, repeats: int = 1) -> None:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, not {batch_size}")
         if workers < 0:
@@ -182,6 +195,9 @@ class Loader:
         common = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
                       drop_last=drop_last, generator=self.generator)
         if self.iterable:
+            if repeats > 1:
+                raise UserError("repeated augmentation needs an indexable dataset; WebDataset shards stream each "
+                                "sample once: set repeated_aug to 1")
             if not hasattr(dataset, "raw_samples"):
                 raise UserError(f"{type(dataset).__name__} is an IterableDataset this loader cannot read; use WebDataset")
             self.sampler = None
@@ -191,7 +207,7 @@ class Loader:
             if len(dataset) == 0:
                 raise UserError(f"{dataset!r} has no samples")
             self.sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, num_replicas=self.world_size,
-                                            rank=self.rank, pad=train)
+                                            rank=self.rank, pad=train, repeats=repeats)
             self._loader = DataLoader(_SkipErrors(dataset, seed), sampler=self.sampler,
                                       persistent_workers=workers > 0, **common)
 
@@ -267,6 +283,7 @@ def build_loader(
     seed: int = 0,
     drop_last: bool | None = None,
     distributed: bool | None = None,
+    repeats: int = 1,
 ) -> Loader:
     """A :class:`Loader` over ``dataset``.
 
@@ -274,6 +291,7 @@ def build_loader(
     order. ``workers``: worker processes (persistent between epochs for map-style data). ``pin_memory``: pin
     batches, only when CUDA is available. ``drop_last``: by default True for training, False for evaluation.
     ``distributed``: by default whether torch.distributed is initialised; each rank then reads its own share.
+    ``repeats``: repeated augmentation (training only), see :class:`ResumableSampler`.
     """
     initialised = dist.is_available() and dist.is_initialized()
     if distributed is None:
@@ -282,4 +300,5 @@ def build_loader(
         raise UserError("distributed=True but torch.distributed is not initialised; launch with torchrun and call "
                         "init_process_group first")
     return Loader(dataset, batch_size, train=train, workers=workers, pin_memory=pin_memory and torch.cuda.is_available(),
-                  seed=seed, drop_last=train if drop_last is None else drop_last, distributed=distributed)
+                  seed=seed, drop_last=train if drop_last is None else drop_last, distributed=distributed,
+                  repeats=repeats)
