@@ -125,3 +125,21 @@ def test_bad_options_are_user_errors():
         m(torch.randn(1, 3, 16, 16))
     with pytest.raises(UserError, match="in_chans=1"):
         m(torch.randn(1, 1, 32, 32))
+
+
+def test_blurpool_blurs_before_each_strided_conv_and_keeps_the_state_dict():
+    from resnet50.model import BlurConv2d
+
+    plain, blur = create_model("resnet50"), create_model("resnet50", blurpool=True)
+    wrapped = [n for n, m in blur.named_modules() if isinstance(m, BlurConv2d)]
+    assert wrapped == [f"layer{i}.0.{c}" for i in (2, 3, 4) for c in ("conv2", "downsample.0")]  # v1.5, not the stem
+    assert blur.state_dict().keys() == plain.state_dict().keys()
+    blur.load_state_dict(plain.state_dict(), strict=True)
+    conv = blur.layer2[0].conv2
+    x = torch.randn(1, 128, 8, 8)
+    k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+    blurred = torch.nn.functional.conv2d(x, k.expand(128, 1, 3, 3), padding=1, groups=128)
+    assert torch.allclose(blurred[..., 3, 3], (x[..., 2:5, 2:5] * k).sum((-1, -2)), atol=1e-6)
+    assert torch.allclose(conv(x), torch.nn.functional.conv2d(blurred, conv.weight, stride=2, padding=1), atol=1e-5)
+    assert blur(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    assert n_params(blur) == 25_557_032

@@ -26,6 +26,7 @@ def test_recipes_resolve_to_their_documented_hyperparameters():
             r.data.eval_size, r.optim.epochs) == ("lamb", "bce", 8e-3, 160, 224, 100)
     f = get_recipe("fast")
     assert f.data.min_res < f.data.image_size and f.run.tta_flip and f.optim.schedule == "triangular"
+    assert f.model.blurpool and not get_recipe("paper").model.blurpool
     assert f.optim.lr * f.data.batch_size / 256 == pytest.approx(1.7) and f.optim.weight_decay == 1e-4
     d = get_recipe("demo")
     assert (d.model.arch, d.model.variant, d.data.data, d.data.image_size, d.data.crop_pct, d.optim.optimizer,

@@ -26,6 +26,7 @@ class ModelSpec:
     shortcut: str = ""  # "" = the architecture's own (B for ImageNet nets, A for the CIFAR nets)
     stem: str = ""  # "" = the architecture's own
     zero_init_residual: bool = False
+    blurpool: bool = False  # a 3x3 blur before every strided convolution (FFCV; see ResNetConfig.blurpool)
     init_weights: str = ""  # a weights file to start from (fine-tuning); its classifier is reset to the data's
 
 
@@ -241,10 +242,10 @@ def _fast() -> TrainConfig:
     # per 256), triangular ("cyclic") schedule peaking at epoch 2, SGD momentum 0.9, wd 1e-4, label smoothing 0.1,
     # progressive resizing 160 -> 192 between epochs 11 and 13, evaluation at 256 (crop ratio 224/256) averaging
     # the logits of the image and its mirror. Reported on 8 A100: 73.8 % (16 epochs, 15 min) to 78.4 % (88
-    # epochs, 77 min; ramp 65 -> 76). Not implemented here: BlurPool (a blur before every strided conv).
+    # epochs, 77 min; ramp 65 -> 76), BlurPool (a blur before every strided convolution).
     return TrainConfig(
         recipe="fast", description="FFCV-style: progressive resizing 160->192, eval 256 + flip TTA, 16 epochs",
-        model=ModelSpec(variant="v1.5"),
+        model=ModelSpec(variant="v1.5", blurpool=True),
         data=DataSpec(image_size=192, min_res=160, start_ramp=11, end_ramp=13, eval_size=256, crop_pct=224 / 256,
                       batch_size=4096),
         optim=OptimSpec(lr=0.10625, momentum=0.9, weight_decay=1e-4, decay_norm_and_bias=False, schedule="triangular",

@@ -201,7 +201,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, lo
     classes = list(train_set.classes)
     m = cfg.model
     model = create_model(m.arch, variant=m.variant, shortcut=m.shortcut or None, stem=m.stem or None,
-                         zero_init_residual=m.zero_init_residual, num_classes=len(classes), in_chans=tcfg.in_chans)
+                         zero_init_residual=m.zero_init_residual, blurpool=m.blurpool, num_classes=len(classes),
+                         in_chans=tcfg.in_chans)
     if m.init_weights and state is None:
         src = weights.load(m.init_weights)
         sd = {k: v for k, v in src.model.state_dict().items() if not k.startswith("fc.")}
