@@ -3,6 +3,7 @@ loop, side by side in one run, at several resolutions; plus the demo's data pipe
 the two layouts stepped alternately.
 
     python benchmarks/train_speed.py [--sizes 224,128,64] [--batch 32] [--steps 5] [--bf16] [--json out.json]
+    python benchmarks/train_speed.py --sizes 32,40,48 --batch 128 --in-chans 1 --num-classes 10 --bf16   # the demo
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from resnet50 import create_model
+from resnet50.weights import atomic_path
 
 
 def step_fn(model, x, y, amp: bool = False):
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json", default=None)
     ap.add_argument("--bf16", action="store_true", help="also time channels_last with bf16 autocast (--amp bf16)")
+    ap.add_argument("--in-chans", type=int, default=3, help="1 for the demo's gray images")
+    ap.add_argument("--num-classes", type=int, default=1000, help="10 for the demo")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -75,9 +80,10 @@ def main() -> None:
         steps = {}
         for fmt in ("nchw", "channels_last") + (("channels_last+bf16",) if args.bf16 else ()):
             mf = torch.contiguous_format if fmt == "nchw" else torch.channels_last
-            model = create_model("resnet50").to(memory_format=mf).train()
-            x = torch.randn(args.batch, 3, size, size).contiguous(memory_format=mf)
-            y = torch.randint(0, 1000, (args.batch,))
+            model = create_model("resnet50", in_chans=args.in_chans, num_classes=args.num_classes)
+            model = model.to(memory_format=mf).train()
+            x = torch.randn(args.batch, args.in_chans, size, size).contiguous(memory_format=mf)
+            y = torch.randint(0, args.num_classes, (args.batch,))
             steps[fmt] = step_fn(model, x, y, amp=fmt.endswith("bf16"))
             steps[fmt]()  # warm-up
         times = {fmt: [] for fmt in steps}
@@ -97,10 +103,11 @@ def main() -> None:
     pipe = loader_rate()
     print(f"demo data pipeline: {pipe:.0f} img/s in one process")
     result = {"rows": rows, "demo_pipeline_img_s": pipe, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+              "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+              "in_chans": args.in_chans, "num_classes": args.num_classes}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        with atomic_path(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
