@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet50.data import build_dataset
+from resnet50.errors import UserError
 from resnet50.infer import available_backends, create_backend, load_model
 from resnet50.predict import make_transform
 from resnet50.weights import atomic_path
@@ -25,8 +26,9 @@ def main() -> int:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--backends", default=",".join(["eager", "onnx"] + [b for b in available_backends()
-                                                                        if b.endswith("-bf16")]))
+    ap.add_argument("--backends", default=",".join(b for b in available_backends() if b == "onnx" or
+                                                   b.endswith("-bf16")),
+                    help="compared with fp32 eager, which always runs as the reference")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -36,8 +38,12 @@ def main() -> int:
     x = np.stack([tf(ds[i][0]).numpy() for i in range(len(ds))])
     y = np.array([ds[i][1] for i in range(len(ds))])
     logits = {}
-    for name in args.backends.split(","):
-        be = create_backend(name, im)
+    for name in ["eager"] + [b for b in args.backends.split(",") if b and b != "eager"]:
+        try:
+            be = create_backend(name, im)
+        except UserError as e:
+            print(f"bf16_accuracy.py: {e}", file=sys.stderr)
+            return 2
         logits[name] = np.concatenate([be(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
     ref = logits["eager"]
     rows = []

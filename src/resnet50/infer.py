@@ -330,6 +330,9 @@ def resolve_backend(name: str, im: InferenceModel) -> str:
         return next(b for b in AUTO_ORDER if b in have or b == "eager")
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose from: auto, {', '.join(BACKENDS)}")
+    if name == "openvino-bf16" and not has_native_bf16():
+        raise UserError("openvino-bf16 computes in bf16 only on CPUs with bf16 instructions (AVX512-BF16, AMX), and "
+                        "this one has none: use --backend openvino (fp32)")
     if name in INT8_BACKENDS and not im.quantization:
         raise UserError(f"the {name} backend runs an INT8 model: make one with 'resnet50 quantize --weights W "
                         "--calib DIR --out model.int8.onnx' and pass --weights model.int8.onnx")

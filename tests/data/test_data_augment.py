@@ -60,6 +60,45 @@ def test_policies_sample_their_ops_and_are_seeded():
     assert RandAugment(10, 4)(gray, torch.Generator().manual_seed(1)).size == gray.size
 
 
+def test_randaugment_levels_follow_timm():
+    from resnet50.data.augment import _RAND_LEVELS
+
+    g = torch.Generator().manual_seed(0)
+    level = {name: fn for name, (_, fn) in _RAND_LEVELS.items()}
+    assert level["Solarize"](2, g, 40) == 51 and level["SolarizeIncreasing"](2, g, 40) == 205
+    assert level["Posterize"](5, g, 40) == 2 and level["PosterizeIncreasing"](5, g, 40) == 2
+    assert level["PosterizeIncreasing"](10, g, 40) == 0 and level["SolarizeAdd"](10, g, 40) == 110
+    assert abs(level["Rotate"](10, g, 40)) == 30.0 and abs(level["TranslateXRel"](10, g, 40)) == pytest.approx(18.0)
+    assert level["Color"](10, g, 40) == pytest.approx(1.9) and abs(level["ColorIncreasing"](10, g, 40) - 1) == 0.9
+    assert build_auto_augment("rand-m6", "bicubic").resample == Image.Resampling.BICUBIC
+    img = _img()
+    out = np.asarray(RandAugment(10, 1, prob=1.0)(img, torch.Generator().manual_seed(0)))
+    assert out.shape == np.asarray(img).shape
+
+
+def test_trivial_augment_translates_by_whole_pixels():
+    ta = TrivialAugmentWide()
+    img = _img()
+    for seed in range(60):  # some seed draws a translation bin with a fractional value (32 * i / 30)
+        g = torch.Generator().manual_seed(seed)
+        out = np.asarray(ta(img, g))
+        g = torch.Generator().manual_seed(seed)
+        name, _, mags, _ = ta.ops[int(torch.randint(len(ta.ops), (), generator=g))]
+        if name == "TranslateX":
+            v = mags[int(torch.randint(ta.bins, (), generator=g))]
+            v = -v if float(torch.rand((), generator=g)) < 0.5 else v
+            k = int(v)
+            a = np.asarray(img)
+            want = np.zeros_like(a)
+            if k >= 0:
+                want[:, : a.shape[1] - k] = a[:, k:]
+            else:
+                want[:, -k:] = a[:, :k]
+            assert np.array_equal(out, want), (seed, v)
+            return
+    pytest.fail("no TranslateX draw in 60 seeds")
+
+
 def test_randaugment_strings_parse_like_timm():
     r = build_auto_augment("rand-m6-mstd0.5-inc1")
     assert (r.magnitude, r.num_ops, r.magnitude_std, r.increasing, r.prob) == (6.0, 2, 0.5, True, 0.5)

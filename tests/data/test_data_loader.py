@@ -77,6 +77,9 @@ def test_repeated_copies_get_their_own_augmentation_and_resume_exactly():
     resumed = make()
     resumed.load_state_dict(first.state_dict())
     assert run(resumed) == epoch0[1:]
+    other = build_loader(Numbers(12), 6, train=True, seed=3, repeats=2)
+    with pytest.raises(UserError, match="repeats=2"):
+        other.load_state_dict(first.state_dict())
     with pytest.raises(UserError, match="repeated augmentation"):
         ResumableSampler(5, shuffle=False, pad=False, repeats=2)
 

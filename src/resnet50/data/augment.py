@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-_NEAREST, _BILINEAR = Image.Resampling.NEAREST, Image.Resampling.BILINEAR
+_NEAREST = Image.Resampling.NEAREST
 
 
 def _rand(generator: torch.Generator | None) -> float:
@@ -82,8 +82,8 @@ def _posterize(img, v, resample, fill):  # v: bits kept (0 keeps none: black, as
     return ImageOps.posterize(img, bits) if bits > 0 else img.point([0] * 256 * len(img.getbands()))
 
 
-def _solarize(img, v, resample, fill):  # v: threshold
-    return ImageOps.solarize(img, int(v))
+def _solarize(img, v, resample, fill):  # v: threshold (pixels at or above it are inverted; may be fractional)
+    return ImageOps.solarize(img, v)
 
 
 def _solarize_add(img, v, resample, fill, threshold=128):  # v: added to pixels below the threshold
@@ -144,6 +144,8 @@ class TrivialAugmentWide:
                 v = -v
         if name in ("Brightness", "Color", "Contrast", "Sharpness"):
             v = 1.0 + v
+        elif name in ("TranslateX", "TranslateY"):
+            v = int(v)  # whole pixels, as torchvision's _apply_op
         return op(img, v, _NEAREST, _fill(img, 0))
 
     def __repr__(self) -> str:
@@ -162,7 +164,7 @@ _RAND_LEVELS: dict[str, tuple[_Op, Callable[[float, torch.Generator | None, int]
     "Rotate": (_rotate, lambda m, g, w: _signed(m / 10 * 30.0, g)),
     "Posterize": (_posterize, lambda m, g, w: int(m / 10 * 4)),  # timm's original (decreasing) posterize
     "PosterizeIncreasing": (_posterize, lambda m, g, w: 4 - int(m / 10 * 4)),
-    "Solarize": (_solarize, lambda m, g, w: 256 - int(m / 10 * 256)),
+    "Solarize": (_solarize, lambda m, g, w: min(256, int(m / 10 * 256))),
     "SolarizeIncreasing": (_solarize, lambda m, g, w: 256 - int(m / 10 * 256)),
     "SolarizeAdd": (_solarize_add, lambda m, g, w: int(m / 10 * 110)),
     "Color": (_enhance(ImageEnhance.Color), lambda m, g, w: m / 10 * 1.8 + 0.1),
@@ -187,13 +189,15 @@ _RAND_INCREASING = ["AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIn
 
 class RandAugment:
     """timm's RandAugment: ``num_ops`` ops drawn with replacement, each applied with probability ``prob`` at
-    magnitude ``magnitude`` (of 10) plus N(0, ``magnitude_std``) noise clipped to [0, 10]; bilinear resampling and
-    the ImageNet mean colour as fill, as timm's defaults for ImageNet."""
+    magnitude ``magnitude`` (of 10) plus N(0, ``magnitude_std``) noise clipped to [0, 10]; the training
+    interpolation for the geometric ops and the ImageNet mean colour as fill, as timm does for ImageNet."""
 
     def __init__(self, magnitude: float = 9, num_ops: int = 2, magnitude_std: float = 0.0, increasing: bool = False,
-                 prob: float = 0.5, fill: tuple[int, int, int] = (124, 116, 104)) -> None:
+                 prob: float = 0.5, fill: tuple[int, int, int] = (124, 116, 104),
+                 interpolation: str = "bilinear") -> None:
         self.magnitude, self.num_ops, self.magnitude_std = magnitude, num_ops, magnitude_std
         self.increasing, self.prob, self.fill = increasing, prob, fill
+        self.resample = getattr(Image.Resampling, interpolation.upper())
         self.names = _RAND_INCREASING if increasing else _RAND_TRANSFORMS
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
@@ -206,7 +210,7 @@ class RandAugment:
                 m += self.magnitude_std * float(torch.randn((), generator=generator))
             m = min(10.0, max(0.0, m))
             op, level = _RAND_LEVELS[name]
-            img = op(img, level(m, generator, img.size[0] if name == "TranslateXRel" else img.size[1]), _BILINEAR,
+            img = op(img, level(m, generator, img.size[0] if name == "TranslateXRel" else img.size[1]), self.resample,
                      _fill(img, self.fill))
         return img
 
@@ -215,8 +219,9 @@ class RandAugment:
                 f"increasing={self.increasing}, p={self.prob})")
 
 
-def build_auto_augment(spec: str) -> TrivialAugmentWide | RandAugment | None:
-    """'' (none), 'ta_wide', or a timm-style RandAugment string such as 'rand-m9-mstd0.5-inc1' or 'rand-m6-n3'."""
+def build_auto_augment(spec: str, interpolation: str = "bilinear") -> TrivialAugmentWide | RandAugment | None:
+    """'' (none), 'ta_wide', or a timm-style RandAugment string such as 'rand-m9-mstd0.5-inc1' or 'rand-m6-n3'
+    (whose geometric ops resample with ``interpolation``; TrivialAugmentWide uses nearest, as torchvision)."""
     if not spec:
         return None
     if spec == "ta_wide":
@@ -239,7 +244,7 @@ def build_auto_augment(spec: str) -> TrivialAugmentWide | RandAugment | None:
                 break
         else:
             if 0 <= kw["magnitude"] <= 10 and kw["num_ops"] >= 1:
-                return RandAugment(**kw)
+                return RandAugment(**kw, interpolation=interpolation)
     raise UserError(f"unknown auto_augment {spec!r}; use '' (none), 'ta_wide' (TrivialAugmentWide) or a RandAugment "
                     "string such as 'rand-m9-mstd0.5-inc1' (magnitude 0-10, n >= 1)")
 

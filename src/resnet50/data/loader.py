@@ -187,6 +187,7 @@ class Loader:
         if workers < 0:
             raise UserError(f"workers must be 0 or more, not {workers}")
         self.dataset, self.batch_size, self.seed, self.drop_last = dataset, batch_size, seed, drop_last
+        self.repeats = repeats
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         self.epoch, self._consumed = 0, 0
         self.skipped: list[Skipped] = []
@@ -260,14 +261,14 @@ class Loader:
         if self.sampler is not None and consumed >= self.sampler.num_samples:
             epoch, consumed = epoch + 1, 0
         return {"epoch": epoch, "consumed": consumed, "batch_size": self.batch_size, "world_size": self.world_size,
-                "seed": self.seed}
+                "seed": self.seed, "repeats": self.repeats}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        unknown = set(state) - {"epoch", "consumed", "batch_size", "world_size", "seed"}
+        unknown = set(state) - {"epoch", "consumed", "batch_size", "world_size", "seed", "repeats"}
         if unknown or "epoch" not in state or "consumed" not in state:
             raise UserError(f"not a loader state: keys {sorted(state)}; expected epoch and consumed")
         if state["consumed"]:
-            for key in ("batch_size", "world_size", "seed"):
+            for key in ("batch_size", "world_size", "seed", "repeats"):
                 if key in state and state[key] != getattr(self, key):
                     raise UserError(f"cannot resume mid-epoch with {key}={getattr(self, key)}: the checkpoint was "
                                     f"made with {key}={state[key]}; use the same {key}, or an end-of-epoch checkpoint")

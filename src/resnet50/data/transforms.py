@@ -403,7 +403,7 @@ def build_transform(cfg: TransformConfig, train: bool, *, ten_crop: bool = False
     steps = fit + [RandomCrop(cfg.image_size, cfg.pad)] if cfg.train_crop == "pad" else \
         [RandomResizedCrop(cfg.image_size, cfg.scale, cfg.ratio, resample)]
     steps.append(RandomHorizontalFlip(cfg.hflip))
-    policy = build_auto_augment(cfg.auto_augment)
+    policy = build_auto_augment(cfg.auto_augment, cfg.interpolation)
     if policy is not None:
         steps.append(policy)
     steps += tensor
