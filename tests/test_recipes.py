@@ -132,3 +132,13 @@ def test_losses():
     bce = loss_fn(logits, onehot, OptimSpec(loss="bce"))
     ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot)
     assert bce.item() == pytest.approx(ref.item())
+
+
+def test_progressive_resizing_follows_ffcv():
+    from resnet50.train import train_resolution
+
+    fast = get_recipe("fast")
+    assert [train_resolution(e, fast) for e in range(16)] == [160] * 12 + [192] * 4  # 176 rounds to 192
+    small = resolve("demo", {"min_res": 32, "start_ramp": 3, "end_ramp": 9, "epochs": 12})
+    assert [train_resolution(e, small) for e in range(12)] == [32, 32, 32, 32, 32, 40, 40, 40, 48, 48, 48, 48]
+    assert [train_resolution(e, get_recipe("demo")) for e in range(3)] == [48, 48, 48]

@@ -44,7 +44,7 @@ class DataSpec:
     interpolation: str = "bilinear"  # resampling of every resize: nearest, bilinear, bicubic or lanczos
     repeated_aug: int = 1  # repeated augmentation: each image this many times per epoch slot (torchvision: 4)
     # Progressive resizing (FFCV): the training resolution grows linearly from min_res to image_size between
-    # epochs start_ramp and end_ramp (rounded to multiples of 32). min_res 0 turns it off.
+    # epochs start_ramp and end_ramp (multiples of 32; of 8 under 128 px). min_res 0 turns it off.
     min_res: int = 0
     start_ramp: int = 0
     end_ramp: int = 0

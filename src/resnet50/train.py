@@ -84,14 +84,16 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def train_resolution(epoch: int, cfg: TrainConfig) -> int:
-    """FFCV's progressive resizing: min_res until start_ramp, linear to image_size at end_ramp, multiples of 32."""
+    """FFCV's progressive resizing: min_res until start_ramp, linear to image_size at end_ramp, in multiples of 32
+    (of 8 for inputs under 128 px, where 32 would leave no steps between)."""
     d = cfg.data
     if not d.min_res or epoch >= d.end_ramp:
         return d.image_size
     if epoch <= d.start_ramp:
         return d.min_res
     frac = (epoch - d.start_ramp) / max(1, d.end_ramp - d.start_ramp)
-    return int(round((d.min_res + frac * (d.image_size - d.min_res)) / 32)) * 32
+    step = 32 if d.image_size >= 128 else 8
+    return int(round((d.min_res + frac * (d.image_size - d.min_res)) / step)) * step
 
 
 def build_data(cfg: TrainConfig, d: Dist, split_eval: str = "val"):
