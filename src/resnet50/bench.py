@@ -27,8 +27,8 @@ import torch
 
 from .cpu import cpu_info
 from .errors import UserError
-from .infer import (BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends, create_backend,
-                    load_model, physical_cores, resolve_backend)
+from .infer import (BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends,
+                    create_backend, load_model, physical_cores, resolve_backend)
 from .summary import count_params, summarize
 
 SCHEMA = "resnet50-benchmark/1"

@@ -304,14 +304,15 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, typing.Any] | None) -
 
 def validate(cfg: TrainConfig) -> None:
     from .data.augment import build_auto_augment
+    from .data.transforms import INTERPOLATIONS
 
     o, d, r = cfg.optim, cfg.data, cfg.run
     build_auto_augment(d.auto_augment)  # a UserError naming the choices for an unknown policy
     checks = [
         (0 <= d.random_erasing <= 1, f"random_erasing is a probability in [0, 1], not {d.random_erasing}"),
         (d.repeated_aug >= 1, f"repeated_aug must be 1 (off) or more, not {d.repeated_aug}"),
-        (d.interpolation in ("nearest", "bilinear", "bicubic", "lanczos"),
-         f"unknown interpolation {d.interpolation!r}; use nearest, bilinear, bicubic or lanczos"),
+        (d.interpolation in INTERPOLATIONS,
+         f"unknown interpolation {d.interpolation!r}; use {', '.join(INTERPOLATIONS)}"),
         (o.optimizer in ("sgd", "lamb", "adamw"), f"unknown optimizer {o.optimizer!r}; use sgd, lamb or adamw"),
         (o.schedule in ("step", "cosine", "linear", "triangular"),
          f"unknown schedule {o.schedule!r}; use step, cosine, linear or triangular"),

@@ -119,7 +119,7 @@ class ResumableSampler(Sampler):
             order = list(range(self.size))
         keys = [(i, c) for i in order for c in range(self.repeats)]
         if self.pad:
-            total = max(self.num_samples * self.num_replicas, len(keys) if self.repeats == 1 else 0)
+            total = self.num_samples * self.num_replicas
             while len(keys) < total:
                 keys += keys[: total - len(keys)]
         return keys[self.rank::self.num_replicas][: self.num_samples]

@@ -45,6 +45,7 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 ImageLike = Image.Image | Tensor
+INTERPOLATIONS = tuple(_RESAMPLE)
 
 
 @dataclass(frozen=True)
