@@ -278,9 +278,10 @@ class ResNet(nn.Module):
     def stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+    def forward_pyramid(self, x: Tensor) -> dict[str, Tensor]:
         """The output of every stage: {'C2': stride 4, 'C3': stride 8, 'C4': stride 16, 'C5': stride 32} for the
-        ImageNet stem (the feature-pyramid names of detection backbones); the CIFAR nets give C2..C4."""
+        ImageNet stem (the feature-pyramid names of detection backbones, Lin et al. 2017); the CIFAR nets give
+        C2..C4. Shapes for ResNet-50 at (N, 3, 224, 224): C2 (N, 256, 56, 56) ... C5 (N, 2048, 7, 7)."""
         _check_input(x, self.cfg)
         x = self.stem(x)
         feats = {}
@@ -288,6 +289,10 @@ class ResNet(nn.Module):
             x = getattr(self, name)(x)
             feats[f"C{i + 2}"] = x
         return feats
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """Today's name of :meth:`forward_pyramid` (the same dict)."""
+        return self.forward_pyramid(x)
 
     def forward_embedding(self, x: Tensor) -> Tensor:
         """The pooled, flattened last-stage features (2048-d for ResNet-50): the input of the classifier."""
