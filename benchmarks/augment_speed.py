@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from resnet50.data import TransformConfig, build_transform
-from resnet50.weights import atomic_path
+from resnet50.files import write_json
 
 POLICIES = {
     "none": {},
@@ -51,9 +51,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['policy']:<30} {r['img_s']:7.0f} img/s  {r['vs_none']:.2f}x")
     if args.json:
-        with atomic_path(Path(args.json)) as tmp:
-            tmp.write_text(json.dumps({"rows": rows, "calls": args.calls, "repeats": args.repeats,
-                                       "torch": torch.__version__}, indent=1) + "\n")
+        write_json(args.json, {"rows": rows, "calls": args.calls, "repeats": args.repeats,
+                               "torch": torch.__version__})
     return 0
 
 

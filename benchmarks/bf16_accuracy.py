@@ -16,9 +16,10 @@ import numpy as np
 
 from resnet50.data import build_dataset
 from resnet50.errors import UserError
-from resnet50.infer import available_backends, create_backend, load_model
-from resnet50.predict import make_transform
-from resnet50.weights import atomic_path
+from resnet50.backends import available_backends
+from resnet50.data import eval_transform
+from resnet50.infer import create_backend, load_model
+from resnet50.files import write_json
 
 
 def main() -> int:
@@ -34,7 +35,7 @@ def main() -> int:
     args = ap.parse_args()
     im = load_model(args.weights)
     ds = build_dataset(args.data, args.split)
-    tf = make_transform(im.preprocessing, im.in_chans)
+    tf = eval_transform(im.preprocessing, im.in_chans)
     x = np.stack([tf(ds[i][0]).numpy() for i in range(len(ds))])
     y = np.array([ds[i][1] for i in range(len(ds))])
     logits = {}
@@ -56,8 +57,7 @@ def main() -> int:
               f"max |logit diff| / max |logit| {r['max_rel_logit_diff']:.2e}")
     result = {"weights": args.weights, "data": args.data, "split": args.split, "samples": int(len(y)), "rows": rows}
     if args.json:
-        with atomic_path(Path(args.json)) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from resnet50.bench import benchmark, format_report
-from resnet50.infer import available_backends
-from resnet50.weights import atomic_path
+from resnet50.backends import available_backends
+from resnet50.files import write_json
 
 
 def markdown(r: dict) -> str:
@@ -49,8 +49,7 @@ def main() -> int:
                            progress=True)
         out = Path(args.out) / f"inference-{i}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out, report, indent=2)
         print(f"## repeat {i}\n\n{format_report(report)}\n\n{markdown(report)}\n", flush=True)
         print(f"wrote {out}", file=sys.stderr)
         reports.append(report)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from resnet50 import create_model
-from resnet50.weights import atomic_path
+from resnet50.files import write_json
 
 
 def step_fn(model, x, y, amp: bool = False):
@@ -106,8 +106,7 @@ def main() -> None:
               "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
               "in_chans": args.in_chans, "num_classes": args.num_classes}
     if args.json:
-        with atomic_path(Path(args.json)) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import torch
 
 from .cpu import cpu_info
 from .errors import UserError
-from .infer import (BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, InferenceModel, available_backends,
-                    create_backend, load_model, physical_cores, resolve_backend)
+from .backends import BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, available_backends, physical_cores
+from .infer import create_backend, load_model, resolve_backend
+from .weights import Checkpoint
 from .summary import count_params, summarize
 
 SCHEMA = "resnet50-benchmark/1"
@@ -170,7 +171,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
     default = resolve_backend("auto", im)
 
     tmp = tempfile.TemporaryDirectory(prefix="resnet50-bench-")
-    int8_model: InferenceModel | None = None
+    int8_model: Checkpoint | None = None
     inputs = {b: np.random.default_rng(b).standard_normal((b, im.in_chans, im.size, im.size), dtype=np.float32)
               for b in batches}
     runners, setup = {}, {}
@@ -227,7 +228,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
     }
 
 
-def _random_int8(im: InferenceModel, folder: Path) -> InferenceModel:
+def _random_int8(im: Checkpoint, folder: Path) -> Checkpoint:
     from .quantize import quantize_random
 
     path = folder / f"{im.arch}.int8.onnx"

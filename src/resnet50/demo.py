@@ -22,7 +22,6 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
     from .predict import predict_files
     from .recipes import resolve
     from .train import train
-    from .weights import atomic_path
 
     cfg = resolve("demo", {"out": out, **(overrides or {})})
     if not cfg.run.name:
@@ -67,6 +66,5 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
         "eval_top1": result["top1"], "eval_top5": result["top5"],
         "predictions": [p.to_dict() for p in preds],
     }
-    with atomic_path(run_dir / "demo.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_json(run_dir / "demo.json", summary)
     return summary

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, validate
-from .weights import atomic_path
+from .files import pyplot, save_figure, write_json
 
 
 def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: float, out: str, max_steps: int = 0,
@@ -61,17 +61,12 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
     _plot(runs, plot)
     result = {"runs": [{k: v for k, v in r.items() if k != "history"} for r in runs], "plot": str(plot),
               "epochs": epochs, "warmup_epochs": warmup_epochs, "lr_per_256": lr, "data": data}
-    with atomic_path(Path(out) / "degradation.json") as tmp:
-        tmp.write_text(json.dumps({**result, "histories": {r["arch"]: r["history"] for r in runs}}, indent=1))
+    write_json(Path(out) / "degradation.json", {**result, "histories": {r["arch"]: r["history"] for r in runs}})
     return result
 
 
 def _plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind in zip(axes, ("plain", "resnet")):
         for r in (r for r in runs if r["kind"] == kind):
@@ -87,6 +82,4 @@ def _plot(runs: list[dict], path: Path) -> None:
     fig.suptitle(f"Plain vs residual nets of depth {', '.join(map(str, depths))}: training (dashed) and validation "
                  "(solid) error, as in He et al. Fig. 6")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -11,7 +11,7 @@ ONNX goes through ``torch.onnx.export(..., dynamo=True)``, the torch.export-base
 It is the default since PyTorch 2.9, and the TorchScript-based one (``dynamo=False``) warns on every call in
 torch 2.13 that it is deprecated and will be removed; the dynamo exporter also declares the batch dimension from a
 ``torch.export.Dim`` instead of trusting a trace. Opset 18. The model's classes, preprocessing, architecture and
-config are stored in the ONNX ``metadata_props`` (keys in ``InferenceModel.metadata``); TorchScript and
+config are stored in the ONNX ``metadata_props`` (``weights.Checkpoint.metadata``, the one schema); TorchScript and
 torch.export files keep the same keys as extra files (``metadata.json``).
 """
 
@@ -27,19 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .infer import ONNX_INPUT, ONNX_OUTPUT, InferenceModel, OnnxRuntimeBackend, require
-from .weights import atomic_path
+from .backends import OnnxRuntimeBackend
+from .errors import UserError, require
+from .files import atomic_path
+from .weights import Checkpoint
 
 FORMATS = ("onnx", "torchscript", "torch.export")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "torch.export": ".pt2"}
 TRACE_BATCH, CHECK_BATCH = 2, 3
 TOLERANCE = 1e-4
 OPSET = 18
+ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 MAX_BATCH = 4096  # the upper bound declared for the dynamic batch dimension
 
 
-def _example(im: InferenceModel, batch: int, seed: int = 0) -> torch.Tensor:
+def _example(im: Checkpoint, batch: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, im.in_chans, im.size, im.size, generator=g)
 
@@ -65,14 +67,14 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
-def _torch_model(im: InferenceModel) -> torch.nn.Module:
+def _torch_model(im: Checkpoint) -> torch.nn.Module:
     if im.model is None:
         raise UserError(f"{im.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) "
                         "or --arch")
     return im.model.eval()
 
 
-def export_onnx(im: InferenceModel, path: Path, opset: int = OPSET) -> Path:
+def export_onnx(im: Checkpoint, path: Path, opset: int = OPSET) -> Path:
     """Write ``im`` as ONNX (dynamic batch, metadata_props) to ``path``, atomically."""
     require("onnxscript", "ONNX export")
     onnx = require("onnx", "ONNX export")
@@ -94,7 +96,7 @@ def export_onnx(im: InferenceModel, path: Path, opset: int = OPSET) -> Path:
     return path
 
 
-def export_torchscript(im: InferenceModel, path: Path) -> Path:
+def export_torchscript(im: Checkpoint, path: Path) -> Path:
     model = _torch_model(im)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(model, _example(im, TRACE_BATCH), check_trace=False)  # parity() checks
@@ -103,7 +105,7 @@ def export_torchscript(im: InferenceModel, path: Path) -> Path:
     return path
 
 
-def export_torch_export(im: InferenceModel, path: Path) -> Path:
+def export_torch_export(im: Checkpoint, path: Path) -> Path:
     model = _torch_model(im)
     with _quiet():
         program = torch.export.export(model, (_example(im, TRACE_BATCH),), dynamic_shapes=({0: _batch_dim()},))
@@ -130,7 +132,7 @@ def load_exported(fmt: str, path: Path):
     return run
 
 
-def parity(im: InferenceModel, run, batch: int = CHECK_BATCH) -> dict:
+def parity(im: Checkpoint, run, batch: int = CHECK_BATCH) -> dict:
     """Largest |logit difference| between eager and ``run`` on a random batch of ``batch`` images."""
     x = _example(im, batch, seed=1)
     with torch.inference_mode():
@@ -145,7 +147,7 @@ def parity(im: InferenceModel, run, batch: int = CHECK_BATCH) -> dict:
     return {"batch": batch, "max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tol, "passed": diff <= tol}
 
 
-def export(im: InferenceModel, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:
+def export(im: Checkpoint, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:
     """Export ``im`` to ``fmt`` and check parity with eager; returns the report (``parity.passed`` is the verdict)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")

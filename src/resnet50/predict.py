@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import Backend
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
-from .data.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+from .data.transforms import Compose, eval_transform
 from .errors import UserError
-from .infer import Backend, InferenceModel, topk
-from .weights import Preprocessing
+from .infer import topk
+from .weights import Checkpoint
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +40,7 @@ def imagenet_synsets_and_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(r[0] for r in rows), tuple(r[1].split(",")[0].strip() for r in rows)
 
 
-def class_names(im: InferenceModel) -> list[str] | None:
+def class_names(im: Checkpoint) -> list[str] | None:
     if im.classes:
         return list(im.classes)
     if im.num_classes == 1000:
@@ -76,17 +77,12 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def make_transform(pre: Preprocessing, in_chans: int) -> Compose:
-    return Compose([Resize(pre.resize, pre.interpolation), CenterCrop(pre.crop), ToTensor(in_chans),
-                    Normalize(pre.mean, pre.std)])
-
-
-def preprocess(source: bytes | str | os.PathLike, im: InferenceModel, transform: Compose | None = None,
+def preprocess(source: bytes | str | os.PathLike, im: Checkpoint, transform: Compose | None = None,
                max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """One image (bytes or a path) -> float32 C x H x W, as the model expects. Raises ImageDecodeError."""
     # Full decoding (no reduced-scale JPEG draft): the same pixels evaluation sees, whose default is the same.
     img = decode_image(source, im.in_chans, max_pixels=max_pixels, name=name)
-    transform = transform or make_transform(im.preprocessing, im.in_chans)
+    transform = transform or eval_transform(im.preprocessing, im.in_chans)
     return transform(img).numpy()
 
 
@@ -109,7 +105,7 @@ def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list
              for r, (i, p) in enumerate(zip(row_i, row_p))] for row_i, row_p in zip(idx, probs)]
 
 
-def predict_files(files: Sequence[Path], im: InferenceModel, backend: Backend, k: int = 5, batch_size: int = 16,
+def predict_files(files: Sequence[Path], im: Checkpoint, backend: Backend, k: int = 5, batch_size: int = 16,
                   max_pixels: int = MAX_PIXELS, progress: bool = False, workers: int = 2) -> list[Prediction]:
     """Top-``k`` predictions for each file, in the order given; failures are Predictions with ``error`` set."""
     from tqdm import tqdm
@@ -119,7 +115,7 @@ def predict_files(files: Sequence[Path], im: InferenceModel, backend: Backend, k
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     names = class_names(im)
-    transform = make_transform(im.preprocessing, im.in_chans)
+    transform = eval_transform(im.preprocessing, im.in_chans)
 
     def load(path: Path):
         try:

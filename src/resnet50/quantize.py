@@ -32,13 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.decode import ImageDecodeError
+from .backends import OnnxRuntimeBackend
 from .cpu import has_vnni
-from .errors import UserError
-from .infer import (ONNX_INPUT, InferenceModel, OnnxRuntimeBackend, create_backend, load_model, onnx_file,
-                    require)
-from .predict import expand_inputs, imagenet_synsets_and_names, make_transform, preprocess
-from .weights import atomic_path
+from .data.decode import ImageDecodeError
+from .errors import UserError, require
+from .export import ONNX_INPUT
+from .files import atomic_path
+from .infer import create_backend, load_model, onnx_file
+from .data.transforms import eval_transform
+from .predict import expand_inputs, imagenet_synsets_and_names, preprocess
+from .weights import Checkpoint
 
 CALIB_METHODS = ("minmax", "percentile")
 QUANTIZATION = "int8-qdq-u8s8-per-channel"
@@ -97,7 +100,7 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
     return settings
 
 
-def _labels(files: Sequence[Path], root: Path, im: InferenceModel) -> list[int] | None:
+def _labels(files: Sequence[Path], root: Path, im: Checkpoint) -> list[int] | None:
     """Class indices from the files' class folders (their parent folder's name), or None where they do not map."""
     names = list(im.classes) if im.classes else (list(imagenet_synsets_and_names()[0]) if im.num_classes == 1000
                                                  else [])
@@ -113,9 +116,9 @@ def _labels(files: Sequence[Path], root: Path, im: InferenceModel) -> list[int] 
     return labels
 
 
-def _arrays(files: Sequence[Path], im: InferenceModel) -> tuple[np.ndarray, list[int], list[str]]:
+def _arrays(files: Sequence[Path], im: Checkpoint) -> tuple[np.ndarray, list[int], list[str]]:
     """Preprocessed images, the positions of the files that decoded, and the failures."""
-    transform = make_transform(im.preprocessing, im.in_chans)
+    transform = eval_transform(im.preprocessing, im.in_chans)
     arrays, kept, failed = [], [], []
     for i, f in enumerate(files):
         try:
@@ -208,7 +211,7 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
     return report
 
 
-def quantize_random(im: InferenceModel, out: Path, images: int = 32, seed: int = 0) -> dict:
+def quantize_random(im: Checkpoint, out: Path, images: int = 32, seed: int = 0) -> dict:
     """Quantise ``im`` calibrated on random normal inputs: for speed measurements only (benchmarks of random-weight
     models), never for a model whose accuracy matters."""
     x = np.random.default_rng(seed).standard_normal((images, im.in_chans, im.size, im.size), dtype=np.float32)

@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .backends import Backend
 from .data.decode import ImageDecodeError
-from .errors import UserError
-from .infer import Backend, InferenceModel, require
-from .predict import class_names, label_rows, make_transform, preprocess
+from .errors import UserError, require
+from .data.transforms import eval_transform
+from .predict import class_names, label_rows, preprocess
+from .weights import Checkpoint
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -228,7 +230,7 @@ async def _image_bytes(request, body: bytes, limit: int) -> bytes:
     return body
 
 
-def create_app(im: InferenceModel, backend: Backend, cfg: ServeConfig):
+def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
     """The Starlette application (the batching thread starts and stops with it)."""
     require("starlette", "resnet50 serve")
     from starlette.applications import Starlette
@@ -237,7 +239,7 @@ def create_app(im: InferenceModel, backend: Backend, cfg: ServeConfig):
 
     metrics = Metrics(cfg.max_batch)
     names = class_names(im)
-    transform = make_transform(im.preprocessing, im.in_chans)
+    transform = eval_transform(im.preprocessing, im.in_chans)
     body_limit = int(cfg.max_body_mb * 1024 * 1024)
     state: dict = {}
 
@@ -309,7 +311,7 @@ def _uvicorn_config(app, cfg: ServeConfig, log_level: str):
                           lifespan="on", timeout_keep_alive=5)
 
 
-def serve(im: InferenceModel, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
+def serve(im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
@@ -320,7 +322,7 @@ class BackgroundServer:
     """The server on a thread, for tests and load scripts: ``with BackgroundServer(im, backend, cfg) as s:`` then
     ``s.url``. It binds its own socket first (port 0 picks a free one, no race) and stops on exit."""
 
-    def __init__(self, im: InferenceModel, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
+    def __init__(self, im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
         import socket
 
         import uvicorn

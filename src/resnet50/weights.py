@@ -21,85 +21,83 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .data.transforms import Preprocessing
 from .errors import UserError
+from .files import atomic_path
 from .model import ResNet, ResNetConfig, arch_name, model_config
 
-FORMAT = "resnet50-toolkit/1"
+# Our schema, stored under its own key. ``format`` is safetensors' own convention ("pt": torch tensors), which Hugging
+# Face's loaders check; files written before 0.2 carry the schema in ``format`` and are still read.
+SCHEMA = "resnet50-toolkit/1"
+FORMAT = SCHEMA
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keras applications' "caffe" preprocessing, as RGB means on the 0..1 scale, with std 1/255 (no scaling).
 KERAS_CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
 KERAS_CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
 
 
 @dataclass
-class Preprocessing:
-    """How an image becomes the model's input: resize the shorter side, centre-crop, scale to 0..1, normalise."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise UserError(f"unknown preprocessing key(s) {sorted(unknown)} in checkpoint metadata")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-@dataclass
 class Checkpoint:
-    """A model with everything needed to use it."""
+    """A loaded model and everything needed to use it: the one record every command works from.
 
-    model: ResNet
+    ``model`` is the PyTorch network, or None for a model that came as an ONNX file (``onnx_path``; then
+    ``quantization`` names an INT8 scheme from ``resnet50.quantize``). ``classes`` are the class names in output
+    order, ``preprocessing`` the evaluation contract, ``weights_id`` a key for caches (None: not cacheable)."""
+
+    model: ResNet | None
     arch: str
     classes: list[str] | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     source: str = ""
+    onnx_path: Path | None = None
+    quantization: str | None = None
+    weights_id: str | None = None
+    num_classes: int = 0  # set from the model when there is one
+    in_chans: int = 3
+    exported: Path | None = field(default=None, repr=False)  # a temporary ONNX export of random weights
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            self.num_classes, self.in_chans = self.model.cfg.num_classes, self.model.cfg.in_chans
 
     @property
     def config(self) -> ResNetConfig:
         return self.model.cfg
 
+    @property
+    def size(self) -> int:
+        """The input height and width in pixels (the preprocessing's crop)."""
+        return self.preprocessing.crop
 
-# --- atomic writes -------------------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        """The one metadata schema, written into every file we make (safetensors, ONNX metadata_props,
+        TorchScript / torch.export extra files) and read back by :func:`load` and ``infer.load_model``."""
+        meta = {
+            "format": "pt",
+            "schema": SCHEMA,
+            "arch": self.arch,
+            "num_classes": str(self.num_classes),
+            "in_chans": str(self.in_chans),
+            "classes": json.dumps(self.classes),
+            "preprocessing": json.dumps(self.preprocessing.to_dict()),
+            "source": self.source,
+        }
+        if self.model is not None:
+            meta["config"] = json.dumps(self.model.cfg.to_dict())
+        if self.quantization:
+            meta["quantization"] = self.quantization
+        return meta
 
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``, on failure removed.
-    A crash or a full disk mid-write never leaves a half-written file under the final name."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise UserError(f"folder {path.parent} does not exist; create it or choose another output path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        # mkstemp makes 0600 files, and some writers (safetensors) replace the file: set the usual permissions last
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {e.strerror or e}; check free space and permissions") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+def is_ours(meta: dict) -> bool:
+    """Whether file metadata follows our schema (the current key, or the ``format`` key of older files)."""
+    return meta.get("schema") == SCHEMA or meta.get("format") == SCHEMA
 
 
 # --- our checkpoints -----------------------------------------------------------------------------------------
@@ -111,45 +109,62 @@ def save(path: str | os.PathLike, model: ResNet, classes: list[str] | None = Non
 
     if classes is not None and model.cfg.num_classes and len(classes) != model.cfg.num_classes:
         raise UserError(f"{len(classes)} class names given for a model with {model.cfg.num_classes} classes")
-    meta = {
-        "format": FORMAT,
-        "arch": arch_name(model.cfg) or "custom",
-        "config": json.dumps(model.cfg.to_dict()),
-        "classes": json.dumps(classes),
-        "preprocessing": json.dumps(asdict(preprocessing or Preprocessing())),
-        "source": source,
-    }
+    meta = Checkpoint(model, arch_name(model.cfg) or "custom", classes, preprocessing or Preprocessing(),
+                      source).metadata()
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
 def load(path: str | os.PathLike, arch: str | None = None, **overrides) -> Checkpoint:
-    """Load any supported weights file: ours (metadata rebuilds the model), a torchvision/timm state dict, or Keras.
+    """Load any supported weights file: ours (metadata rebuilds the model), a torchvision/timm state dict or a
+    training checkpoint holding one, or Keras ``.h5``.
 
-    ``arch`` names the architecture expected (an error if the file holds another); ``overrides`` are ResNetConfig fields for files that do not say them (e.g. ``variant`` for torchvision files,
-    which cannot be told apart from the tensors: v1 and v1.5 have identical shapes)."""
+    ``arch`` names the architecture expected and ``overrides`` are ResNetConfig fields (``variant``,
+    ``num_classes``, ``in_chans``, ...). A file that does not say a field takes it from ``overrides`` (``variant``
+    for torchvision files, which cannot be told apart from the tensors: v1 and v1.5 have identical shapes); a
+    field the file fixes and an option contradicts is a UserError, never silently ignored."""
     path = _existing(path)
+    wanted = {k: v for k, v in overrides.items() if v is not None}
     if path.suffix == ".h5":
-        return import_keras(path)
-    if path.suffix == ".safetensors":
+        ckpt = import_keras(path)
+    elif path.suffix == ".safetensors":
         meta, sd = read_safetensors(path)
-        if meta.get("format") == FORMAT:
-            return _from_ours(path, meta, sd, overrides)
-        return from_state_dict(sd, arch, source=f"state dict {path.name}", **overrides)
-    return from_state_dict(read_torch(path), arch, source=f"state dict {path.name}", **overrides)
+        if is_ours(meta):
+            ckpt = _from_ours(path, meta, sd)
+        else:
+            ckpt = from_state_dict(sd, arch, source=f"state dict {path.name}", **wanted)
+    else:
+        ckpt = from_state_dict(read_torch(path), arch, source=f"state dict {path.name}", **wanted)
+    check_options(ckpt, path, arch, wanted)
+    return ckpt
 
 
-def _from_ours(path: Path, meta: dict, sd: dict[str, Tensor], overrides: dict) -> Checkpoint:
+def check_options(ckpt: Checkpoint, path: Path, arch: str | None, options: dict) -> None:
+    """Refuse options that contradict what the loaded file fixes (its architecture, classes, channels...)."""
+    if arch is not None and ckpt.arch not in (arch, "custom"):
+        raise UserError(f"{path} holds {ckpt.arch}; --arch {arch} contradicts it (drop --arch)")
+    if ckpt.model is None:
+        return
+    have = ckpt.model.cfg.to_dict()
+    for k, v in options.items():
+        if k in have and _norm(have[k]) != _norm(v):
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{path} holds a model with {k}={have[k]!r}; {flag} {v} contradicts it (drop {flag}; "
+                            "to change the classes, fine-tune with 'resnet50 train --init-weights')")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _from_ours(path: Path, meta: dict, sd: dict[str, Tensor]) -> Checkpoint:
     try:
         cfg = json.loads(meta["config"])
         classes = json.loads(meta.get("classes", "null"))
         pre = Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}")))
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: damaged metadata ({e}); re-export the checkpoint") from e
-    for k, v in overrides.items():
-        if v is not None and cfg.get(k) != v and k != "num_classes":
-            raise UserError(f"{path} holds a {k}={cfg.get(k)!r} model; {k}={v!r} contradicts it (drop the option)")
     model = ResNet(ResNetConfig.from_dict(cfg))
     load_strict(model, sd, path.name)
     return Checkpoint(model, meta.get("arch", "custom"), classes, pre, meta.get("source", ""))
@@ -179,10 +194,20 @@ def read_safetensors(path: Path) -> tuple[dict, dict[str, Tensor]]:
 
 
 # Wrappers that training code puts around a model: torch.nn.parallel.DistributedDataParallel saves keys under
-# "module.", torch.compile under "_orig_mod.". Both are known and removed only when every key carries them.
+# "module.", torch.compile under "_orig_mod." (both nested: "module._orig_mod."). Removed only when every key
+# carries them.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# Training checkpoints (ours, timm's train.py, many scripts) nest the weights under one of these keys.
+# Training checkpoints (ours, timm's and torchvision's train.py, many scripts) keep the weights under one of these
+# keys, beside epoch, arch, optimizer, scheduler, args and accuracies. The plain weights are preferred to the EMA.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
+
+def _safe_globals() -> list:
+    """Plain-data classes that common training scripts pickle beside the weights and that load without running
+    code: torchvision's and timm's train.py store their ``args`` as an ``argparse.Namespace``."""
+    import argparse
+
+    return [argparse.Namespace]
 
 
 def read_torch(path: Path) -> dict[str, Tensor]:
@@ -190,7 +215,8 @@ def read_torch(path: Path) -> dict[str, Tensor]:
     import pickle
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Unsupported global" in msg:  # the pickle names a Python callable: code would run on load
@@ -204,17 +230,30 @@ def read_torch(path: Path) -> dict[str, Tensor]:
     return unwrap_state_dict(obj, path)
 
 
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values()) and \
+        all(isinstance(k, str) for k in obj)
+
+
 def unwrap_state_dict(obj, path: Path | str = "checkpoint") -> dict[str, Tensor]:
-    if isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
+    """The model's state dict inside ``obj``: ``obj`` itself, or the first of ``_CONTAINER_KEYS`` that holds one
+    (other entries, numbers or tensors such as ``best_acc1``, are ignored), with wrapper prefixes removed."""
+    if isinstance(obj, dict) and not _is_state_dict(obj):
         for key in _CONTAINER_KEYS:
-            if isinstance(obj.get(key), dict):
+            if _is_state_dict(obj.get(key)):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict(), path)")
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    if not _is_state_dict(obj):
+        keys = f" (it holds {', '.join(map(str, list(obj)[:6]))})" if isinstance(obj, dict) and obj else ""
+        raise UserError(f"{path} holds no state dict of tensors{keys}; save one with "
+                        "torch.save(model.state_dict(), path)")
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in obj):
+                obj = {k[len(prefix):]: v for k, v in obj.items()}
+                stripped = True
     return obj
 
 

@@ -22,17 +22,18 @@ from .formats import (
 )
 from .loader import Batch, Loader, ResumableSampler, build_loader, collate
 from .transforms import (
-    CIFAR10, CIFAR100, FASHION_MNIST, IMAGENET, CenterCrop, Compose, Normalize, RandomCrop, RandomHorizontalFlip,
-    RandomResizedCrop, Resize, TenCrop, ToTensor, TransformConfig, build_transform, default_transform_config, hflip,
+    CIFAR10, CIFAR100, FASHION_MNIST, IMAGENET, CenterCrop, Compose, Normalize, Preprocessing, RandomCrop,
+    RandomHorizontalFlip, RandomResizedCrop, Resize, TenCrop, ToTensor, TransformConfig, build_transform,
+    default_transform_config, eval_transform, hflip,
 )
 from .webdataset import WebDataset, expand_braces, expand_urls
 
 __all__ = [
     "CIFAR10", "CIFAR100", "EMBEDDED", "FASHION_MNIST", "FASHION_MNIST_CLASSES", "IMAGENET", "MAX_PIXELS",
     "SPLITS", "ArrayDataset", "Batch", "CenterCrop", "CifarDataset", "Compose", "IdxDataset",
-    "ImageDecodeError", "ImageFolder", "Loader", "Normalize", "RandomCrop", "RandomHorizontalFlip",
+    "ImageDecodeError", "ImageFolder", "Loader", "Normalize", "Preprocessing", "RandomCrop", "RandomHorizontalFlip",
     "RandomResizedCrop", "Resize", "ResumableSampler", "Skipped", "TenCrop", "ToTensor", "TransformConfig",
     "WebDataset", "build_dataset", "build_loader", "build_transform", "collate", "decode_image",
-    "default_transform_config", "detect_format", "embedded_dataset", "expand_braces", "expand_urls", "hflip",
+    "default_transform_config", "detect_format", "eval_transform", "embedded_dataset", "expand_braces", "expand_urls", "hflip",
     "holdout_split", "load_pickle", "read_idx", "to_mode",
 ]

@@ -34,7 +34,7 @@ from ..errors import UserError
 from .augment import RandomErasing, build_auto_augment
 from .stats import (
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN,
-    IMAGENET_STD,
+    IMAGENET_STD, stats_for,
 )
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
@@ -127,6 +127,65 @@ CIFAR100 = TransformConfig(image_size=32, crop_pct=1.0, train_crop="pad", mean=C
 # needs at least 32 px), then the CIFAR-style random crop and flip for training.
 FASHION_MNIST = TransformConfig(image_size=32, crop_pct=32 / 28, train_crop="pad", mean=FASHION_MNIST_MEAN,
                                 std=FASHION_MNIST_STD, in_chans=1)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The evaluation contract a checkpoint carries: decode, resize the shorter side to ``resize`` px, centre-crop
+    ``crop`` px, scale to 0..1, normalise with ``mean`` and ``std`` (one value per channel). Every path that feeds a
+    trained model (evaluate, predict, serve, quantize, the benchmarks) builds its pipeline from this through
+    :func:`eval_transform`, so they all see the same pixels. ImageNet's default is 256 -> 224 (crop_pct 0.875)."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"unknown preprocessing key(s) {sorted(unknown)} in checkpoint metadata")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    @classmethod
+    def of(cls, cfg: "TransformConfig") -> "Preprocessing":
+        """The evaluation half of a TransformConfig (what a run saves with its weights)."""
+        return cls(cfg.eval_size, cfg.image_size, cfg.mean, cfg.std, cfg.interpolation)
+
+    def transform_config(self, in_chans: int) -> "TransformConfig":
+        """The TransformConfig whose evaluation pipeline is this one, for images read with ``in_chans`` channels."""
+        pre = self.for_channels(in_chans)
+        return TransformConfig(image_size=pre.crop, crop_pct=pre.crop / pre.resize, mean=pre.mean, std=pre.std,
+                               interpolation=pre.interpolation, in_chans=in_chans)
+
+    def for_channels(self, in_chans: int) -> "Preprocessing":
+        """The same contract with mean/std for ``in_chans`` channels (gray statistics repeated for RGB, luma for
+        gray: ``stats.stats_for``). Raises UserError when no rule converts them."""
+        try:
+            mean, std = stats_for(self.mean, self.std, in_chans)
+        except ValueError as e:
+            raise UserError(f"preprocessing {e}; save the checkpoint with {in_chans}-channel mean/std") from None
+        return Preprocessing(self.resize, self.crop, mean, std, self.interpolation)
+
+    def resized(self, crop: int) -> "Preprocessing":
+        """The same contract at another crop size, the resize scaled with it (256 -> 224 becomes 320 -> 280)."""
+        return Preprocessing(round(crop * self.resize / self.crop), crop, self.mean, self.std, self.interpolation)
+
+
+def eval_transform(pre: Preprocessing, in_chans: int, *, ten_crop: bool = False) -> Compose:
+    """The one evaluation pipeline: PIL image -> normalised (C, crop, crop) tensor, or (10, C, crop, crop) with
+    ``ten_crop`` (the paper's 10-crop testing)."""
+    return build_transform(pre.transform_config(in_chans), train=False, ten_crop=ten_crop)
 
 
 def default_transform_config(dataset: Any, image_size: int | None = None) -> TransformConfig:
