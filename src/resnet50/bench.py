@@ -27,7 +27,9 @@ import torch
 
 from .cpu import cpu_info
 from .errors import UserError
-from .backends import BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, available_backends, physical_cores
+from .backends import (
+    BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, available_backends, compile_problem, physical_cores,
+)
 from .infer import create_backend, load_model, resolve_backend
 from .weights import Checkpoint
 from .summary import count_params, summarize
@@ -155,6 +157,9 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
     if any(b < 1 for b in batches):
         raise UserError(f"batch sizes must be >= 1, got {list(batches)}")
     have = available_backends()
+    notes = []
+    if not backends and compile_problem():
+        notes.append(f"compile left out: {compile_problem()}")
     backends = list(backends) if backends else have
     for b in backends:
         if b not in BACKENDS:
@@ -224,7 +229,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
         "model": {"arch": im.arch, "size": im.size, "params": count_params(im.model), "flops_per_image": flops,
                   "source": im.source},
         "peak": peak, "limit_img_s": limit, "threads": threads, "default_backend": default,
-        "results": results, "comparisons": comparisons(results, default),
+        "results": results, "comparisons": comparisons(results, default), "notes": notes,
     }
 
 
@@ -288,4 +293,5 @@ def format_report(r: dict) -> str:
             parts.append(f"{c['best_bf16']} / {c['best_fp32']} = {c['bf16_vs_best_fp32']:.2f}x")
         if parts:
             lines.append(f"batch {batch}: " + "; ".join(parts))
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     return "\n".join(lines)

@@ -3,29 +3,24 @@ official test split (the t10k IDX files, never used for training or tuning), and
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from .data import build_dataset
 from .errors import UserError
+from .evaluate import evaluate_weights
+from .files import output_dir, write_json
+from .infer import create_backend, load_model
+from .predict import predict_files
+from .recipes import resolve
+from .train import train
 
 DEFAULT_TEST_DATA = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
 
 def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: dict | None = None,
              samples: int = 8, progress: bool = True, log=print) -> dict:
-    from PIL import Image
-
-    from .data import build_dataset
-    from .evaluate import evaluate_weights
-    from .infer import create_backend, load_model
-    from .predict import predict_files
-    from .recipes import resolve
-    from .train import train
-
     cfg = resolve("demo", {"out": out, **(overrides or {})})
-    if not cfg.run.name:
-        cfg.run.name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     trained = train(cfg, progress=progress, log=log)
     train_s = time.perf_counter() - t0
@@ -45,8 +40,7 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
 
     # a few real image files, classified through the same path as 'resnet50 predict'
     ds = build_dataset(data, split)
-    sample_dir = run_dir / "samples"
-    sample_dir.mkdir(exist_ok=True)
+    sample_dir = output_dir(run_dir / "samples")
     files = []
     for i in range(0, len(ds), max(1, len(ds) // samples))[:samples]:
         img, label = ds[i]

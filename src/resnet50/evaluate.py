@@ -3,7 +3,7 @@ paper's 10-crop (four corners and centre, and their mirrors; the softmax scores 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,7 +12,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .data import build_dataset, build_loader, eval_transform
 from .errors import UserError
+from .files import output_dir, pyplot, save_figure, write_json
+from .labels import class_mapping, model_class_keys, remap
+from .weights import load
 
 TTA_MODES = ("none", "flip", "ten-crop")
 
@@ -76,8 +80,9 @@ class Metrics:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", device: torch.device | str = "cpu",
              channels_last: bool = True, autocast_dtype: torch.dtype | None = None, classes: list[str] | None = None,
-             progress: bool = True) -> dict:
-    """Metrics of ``model`` over ``loader`` (batches of images, labels, skipped records)."""
+             progress: bool = True, label_map: list[int] | None = None) -> dict:
+    """Metrics of ``model`` over ``loader`` (batches of images, labels, skipped records). ``label_map`` turns the
+    dataset's labels into the model's class indices (``labels.class_mapping``); None: they are the same."""
     if tta not in TTA_MODES:
         raise UserError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
     device = torch.device(device)
@@ -95,7 +100,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", d
             images = images.contiguous(memory_format=torch.channels_last)
         with amp:
             probs = predict_scores(model, images, tta)
-        metrics.update(probs, labels)
+        metrics.update(probs, remap(labels, label_map) if label_map is not None else labels)
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # each rank saw its own share
         metrics.all_reduce()
     out = metrics.result(classes)
@@ -107,17 +112,9 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", d
 
 def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
     """Write confusion.json and confusion.png (rows: true class, columns: predicted) into ``out_dir``."""
-    from .weights import atomic_path
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "confusion.json") as tmp:
-        tmp.write_text(json.dumps({"classes": result["classes"], "matrix": result["confusion_matrix"]}, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    out_dir = output_dir(out_dir)
+    write_json(out_dir / "confusion.json", {"classes": result["classes"], "matrix": result["confusion_matrix"]})
+    plt = pyplot()
     cm = torch.tensor(result["confusion_matrix"], dtype=torch.float)
     norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
     k = len(result["classes"])
@@ -136,9 +133,7 @@ def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
     ax.set_title(f"top-1 {result['top1']:.2%} on {result['samples']} images")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    with atomic_path(out_dir / "confusion.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "confusion.png", dpi=110)
     return [out_dir / "confusion.json", out_dir / "confusion.png"]
 
 
@@ -147,35 +142,29 @@ def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: 
     """Evaluate a weights file (or a run folder's best.safetensors) on a dataset with the checkpoint's own
     preprocessing. For images smaller than the crop (28 px Fashion-MNIST into 32), ten-crop first resizes the
     image to crop + 4 px so that the ten crops differ."""
-    import dataclasses
-
-    from .data import TransformConfig, build_dataset, build_loader, build_transform
-    from .weights import load
-
     path = Path(weights_path)
     if path.is_dir():
         path = path / "best.safetensors"
+    if out:
+        output_dir(out)
     ckpt = load(path)
     cfg = ckpt.model.cfg
-    pre = ckpt.preprocessing
+    pre = ckpt.preprocessing.for_channels(cfg.in_chans)
     dataset = build_dataset(data, split, in_chans=cfg.in_chans)
-    classes = ckpt.classes or list(getattr(dataset, "classes", []))
-    if cfg.num_classes != len(dataset.classes):
-        raise UserError(f"the weights have {cfg.num_classes} classes, the dataset {len(dataset.classes)}; "
-                        "evaluate on the dataset the model was trained for")
-    tcfg = TransformConfig(image_size=pre.crop, crop_pct=pre.crop / pre.resize, mean=pre.mean, std=pre.std,
-                           interpolation=pre.interpolation, in_chans=cfg.in_chans)
+    # the dataset's label i is the model's class mapping[i], matched by name (labels.py)
+    keys = model_class_keys(ckpt.classes, cfg.num_classes)
+    mapping = class_mapping(dataset.classes, keys, cfg.num_classes, f"{data} ({split})")
+    identity = mapping == list(range(cfg.num_classes))
+    classes = keys or (list(dataset.classes) if identity else None)
     ten = tta == "ten-crop"
-    if ten and tcfg.eval_size < tcfg.image_size:
-        tcfg = dataclasses.replace(tcfg, crop_pct=pre.crop / (pre.crop + 4))
-    dataset.transform = build_transform(tcfg, train=False, ten_crop=ten)
+    if ten and pre.resize < pre.crop:
+        pre = dataclasses.replace(pre, resize=pre.crop + 4)
+    dataset.transform = eval_transform(pre, cfg.in_chans, ten_crop=ten)
     loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0)
-    result = evaluate(ckpt.model, loader, cfg.num_classes, tta=tta, classes=classes, progress=progress)
+    result = evaluate(ckpt.model, loader, cfg.num_classes, tta=tta, classes=classes, progress=progress,
+                      label_map=mapping)
     result.update(weights=str(path), data=str(data), split=split, arch=ckpt.arch, variant=cfg.variant)
     if out:
-        from .weights import atomic_path
-
         save_confusion(result, out)
-        with atomic_path(Path(out) / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        write_json(Path(out) / "metrics.json", result)
     return result

@@ -11,12 +11,13 @@ epoch above chance-level loss).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import UserError
+from .files import output_dir, pyplot, save_figure, write_json
+from .model import ARCHS
 from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, validate
-from .files import pyplot, save_figure, write_json
+from .train import train
 
 
 def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: float, out: str, max_steps: int = 0,
@@ -38,23 +39,18 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
                 lr: float = 0.2, warmup_epochs: float = 0.5, out: str = "runs/degradation", max_steps: int = 0,
                 progress: bool = True) -> dict:
     """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves."""
-    from .train import train
-
     for d in depths:
         if (d - 2) % 6 or d < 8:
             raise UserError(f"depth {d} is not 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); choose CIFAR-style depths")
-    Path(out).mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     runs = []
     for kind in ("plain", "resnet"):
         for d in depths:
             arch = f"{kind}{d}_cifar"
-            from .model import ARCHS
-
             if arch not in ARCHS:
                 raise UserError(f"no {arch}; available depths: 20, 32, 44, 56, 110")
             cfg = degradation_config(arch, data, epochs, batch_size, lr, out, max_steps, warmup_epochs=warmup_epochs)
-            res = train(cfg, progress=progress, log=lambda *a: None)
-            hist = [json.loads(line) for line in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+            hist = train(cfg, progress=progress, log=lambda *a: None)["history"]
             runs.append({"arch": arch, "kind": kind, "depth": d, "history": hist,
                          "train_error": 1 - hist[-1]["train_top1"], "val_error": 1 - hist[-1]["val_top1"]})
     plot = Path(out) / "degradation.png"

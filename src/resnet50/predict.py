@@ -18,26 +18,18 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .backends import Backend
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
+from .data.discover import find_images, is_hidden
 from .data.transforms import Compose, eval_transform
 from .errors import UserError
 from .infer import topk
+from .labels import imagenet_synsets_and_names
 from .weights import Checkpoint
-
-
-@lru_cache(maxsize=1)
-def imagenet_synsets_and_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(WordNet IDs, display names) of the 1000 ImageNet-1k classes in index order; the name is the first lemma."""
-    text = resources.files("resnet50").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
-    return tuple(r[0] for r in rows), tuple(r[1].split(",")[0].strip() for r in rows)
 
 
 def class_names(im: Checkpoint) -> list[str] | None:
@@ -50,10 +42,11 @@ def class_names(im: Checkpoint) -> list[str] | None:
 
 # --- inputs -----------------------------------------------------------------------------------------------------
 
-def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (image files below them, recursively, sorted) and glob patterns -> a list of files.
-    A named file is kept whatever its extension (it is reported if it does not decode); a folder contributes only
-    files with image extensions."""
+def expand_inputs(specs: Sequence[str | os.PathLike], skipped: list | None = None) -> list[Path]:
+    """Files, folders and glob patterns -> a list of files. A named file is kept whatever its extension (it is
+    reported if it does not decode); a folder contributes its image files by the data package's one discovery rule
+    (``data.discover``: hidden files and folders skipped, links followed once); links it skips are appended to
+    ``skipped``. A pattern's matches are filtered by the same rule."""
     files: list[Path] = []
     for spec in specs:
         s = str(spec)
@@ -61,12 +54,15 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            found, links = find_images(p)
+            if skipped is not None:
+                skipped.extend(links)
             if not found:
                 raise UserError(f"folder {p} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
         elif any(c in s for c in "*?["):
-            found = sorted(Path(q) for q in glob.glob(s, recursive=True) if Path(q).is_file())
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True)
+                           if Path(q).is_file() and not is_hidden(Path(q).name))
             if not found:
                 raise UserError(f"pattern {s!r} matches no files; check it (quote it so the shell leaves it to us)")
             files += found

@@ -39,8 +39,9 @@ from .errors import UserError, require
 from .export import ONNX_INPUT
 from .files import atomic_path
 from .infer import create_backend, load_model, onnx_file
+from .labels import class_mapping, model_class_keys
 from .data.transforms import eval_transform
-from .predict import expand_inputs, imagenet_synsets_and_names, preprocess
+from .predict import expand_inputs, preprocess
 from .weights import Checkpoint
 
 CALIB_METHODS = ("minmax", "percentile")
@@ -101,19 +102,17 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
 
 
 def _labels(files: Sequence[Path], root: Path, im: Checkpoint) -> list[int] | None:
-    """Class indices from the files' class folders (their parent folder's name), or None where they do not map."""
-    names = list(im.classes) if im.classes else (list(imagenet_synsets_and_names()[0]) if im.num_classes == 1000
-                                                 else [])
-    lookup = {n: i for i, n in enumerate(names)}
-    # Folders may also be named by class index (0, 1, ...), as dumps of MNIST-like sets are; names win.
-    lookup.update({str(i): i for i in range(im.num_classes) if str(i) not in lookup})
-    labels = []
-    for f in files:
-        label = lookup.get(f.parent.name) if f.parent != root else None
-        if label is None:
-            return None
-        labels.append(label)
-    return labels
+    """Model class indices from the files' class folders (their parent folder's name, matched by
+    ``labels.class_mapping``), or None when the files are not in class folders of the model's classes."""
+    if any(f.parent == root for f in files):
+        return None
+    names = model_class_keys(im.classes, im.num_classes)
+    folders = sorted({f.parent.name for f in files})
+    try:
+        mapping = dict(zip(folders, class_mapping(folders, names, im.num_classes, f"the folders of {root}")))
+    except UserError:
+        return None
+    return [mapping[f.parent.name] for f in files]
 
 
 def _arrays(files: Sequence[Path], im: Checkpoint) -> tuple[np.ndarray, list[int], list[str]]:

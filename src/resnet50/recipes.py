@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import typing
 from dataclasses import dataclass, field
 
+from .data.augment import build_auto_augment
+from .data.transforms import INTERPOLATIONS, TransformConfig, default_transform_config
 from .errors import UserError
+from .model import ResNet, create_model
 
 
 @dataclass
@@ -28,6 +32,12 @@ class ModelSpec:
     zero_init_residual: bool = False
     blurpool: bool = False  # a 3x3 blur before every strided convolution (FFCV; see ResNetConfig.blurpool)
     init_weights: str = ""  # a weights file to start from (fine-tuning); its classifier is reset to the data's
+
+    def create(self, num_classes: int, in_chans: int) -> ResNet:
+        """The network this spec describes, for data with ``num_classes`` classes and ``in_chans`` channels."""
+        return create_model(self.arch, variant=self.variant, shortcut=self.shortcut or None, stem=self.stem or None,
+                            zero_init_residual=self.zero_init_residual, blurpool=self.blurpool,
+                            num_classes=num_classes, in_chans=in_chans)
 
 
 @dataclass
@@ -51,6 +61,19 @@ class DataSpec:
     batch_size: int = 256  # global batch (split over DDP processes)
     workers: int = 4
     val_fraction: float = 0.1  # held-out share of train where the files have no validation split
+
+    def transforms(self, dataset) -> tuple[TransformConfig, TransformConfig]:
+        """The training and evaluation TransformConfigs for ``dataset``: its defaults (statistics, channels, the
+        pad-and-crop recipe for small images) with this spec's choices on top."""
+        base = default_transform_config(dataset, self.image_size)
+        over = dict(hflip=self.hflip, scale=(self.min_scale, 1.0), auto_augment=self.auto_augment,
+                    random_erasing=self.random_erasing, interpolation=self.interpolation)
+        if self.train_crop != "auto":
+            over["train_crop"] = self.train_crop
+        if self.crop_pct:
+            over["crop_pct"] = self.crop_pct
+        train = dataclasses.replace(base, **over)
+        return train, dataclasses.replace(train, image_size=self.eval_size) if self.eval_size else train
 
 
 @dataclass
@@ -303,9 +326,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, typing.Any] | None) -
 
 
 def validate(cfg: TrainConfig) -> None:
-    from .data.augment import build_auto_augment
-    from .data.transforms import INTERPOLATIONS
-
+    """Every static rule of a config, checked in one place (before anything is built)."""
     o, d, r = cfg.optim, cfg.data, cfg.run
     build_auto_augment(d.auto_augment)  # a UserError naming the choices for an unknown policy
     checks = [
@@ -335,3 +356,8 @@ def validate(cfg: TrainConfig) -> None:
 
 def save_json(cfg: TrainConfig) -> str:
     return json.dumps(cfg.to_dict(), indent=2)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """The default run folder name: ``<recipe>-<arch>-<YYYYmmdd-HHMMSS>``."""
+    return f"{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import queue
-import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -31,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .backends import Backend
-from .data.decode import ImageDecodeError
+from .data.decode import ImageDecodeError, ImageTooLarge
 from .errors import UserError, require
 from .data.transforms import eval_transform
 from .predict import class_names, label_rows, preprocess
@@ -181,18 +179,6 @@ class Batcher:
 
 # --- the application --------------------------------------------------------------------------------------------
 
-def _image_pixels(data: bytes) -> int | None:
-    """Width x height from the image header (no pixel decoding), or None when Pillow cannot identify it."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-        return w * h
-    except Exception:  # not an image: decoding reports it properly
-        return None
-
-
 async def _read_body(request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -246,15 +232,13 @@ def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
     def prepare(data: bytes) -> np.ndarray:
         if not data:
             raise HTTPError(400, "empty body; send the image bytes")
-        pixels = _image_pixels(data)
-        if pixels is not None and pixels > cfg.max_pixels:
-            raise HTTPError(413, f"image of {pixels} pixels exceeds --max-pixels {cfg.max_pixels} "
-                                 "(decompression bomb guard)")
         try:
             return preprocess(data, im, transform, max_pixels=cfg.max_pixels, name="request body")
-        except ImageDecodeError as e:  # Pillow names the BytesIO object it read from: name the body instead
-            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the request body", e.reason)
-            raise HTTPError(400, f"not a readable image: {reason}") from None
+        except ImageTooLarge as e:  # refused from the header, before any pixel is decoded
+            raise HTTPError(413, f"image of {e.pixels} pixels exceeds --max-pixels {cfg.max_pixels} "
+                                 "(decompression bomb guard)") from None
+        except ImageDecodeError as e:
+            raise HTTPError(400, f"not a readable image: {e.reason}") from None
 
     async def predict(request):
         start = time.perf_counter()
@@ -311,8 +295,15 @@ def _uvicorn_config(app, cfg: ServeConfig, log_level: str):
                           lifespan="on", timeout_keep_alive=5)
 
 
+def require_server() -> None:
+    """The server's optional dependencies (the ``serve`` extra), checked before anything is loaded."""
+    require("starlette", "resnet50 serve")
+    require("uvicorn", "resnet50 serve")
+
+
 def serve(im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
+    require_server()
     import uvicorn
 
     uvicorn.Server(_uvicorn_config(create_app(im, backend, cfg), cfg, log_level)).run()
@@ -325,6 +316,7 @@ class BackgroundServer:
     def __init__(self, im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
         import socket
 
+        require_server()
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

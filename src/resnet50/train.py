@@ -1,13 +1,17 @@
 """The training loop: one process or DDP (torchrun), AMP, channels_last, EMA, exact resume.
 
 A run folder holds ``config.json`` (the resolved TrainConfig), ``metrics.jsonl`` (one line per epoch),
-``curves.png``, ``last.pt`` (everything needed to resume: model, optimiser, scaler, EMA, step, loader position, RNG
-states, history, config), ``best.safetensors`` and ``final.safetensors`` (weights with metadata, for evaluate,
-predict and export). Every file is written atomically; a kill at any moment leaves the previous ``last.pt`` whole.
+``curves.png``, ``last.pt`` (everything needed to resume: model, optimiser, scaler, EMA and the :class:`RunState`:
+step, epoch, best, history, loader position, RNG states), ``best.safetensors`` and ``final.safetensors`` (weights
+with metadata, for evaluate, predict and export). Every file is written atomically; a kill at any moment leaves the
+previous ``last.pt`` whole.
 
 Resuming restores the exact state: the learning rate is a function of the step, the loader resumes mid-epoch at
 the batch after the checkpoint, each sample's augmentation depends only on (seed, epoch, index), and the torch RNG
 (mixup, cutmix) is restored. In deterministic mode a resumed run ends with the same weights as an uninterrupted one.
+
+The step never waits for the device: loss, accuracy counts and the finite-loss check stay on the device and are
+read every ``LOG_EVERY`` steps and at checkpoints (as timm's loop does), so a GPU is never stalled by the host.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from tqdm import tqdm
 
 from . import weights
 from .cpu import has_native_bf16
-from .data import build_dataset, build_loader, build_transform, default_transform_config
+from .data import Loader, Preprocessing, Skipped, TransformConfig, build_dataset, build_loader, build_transform
 from .errors import UserError
 from .evaluate import evaluate
-from .model import ResNet, create_model
+from .files import output_dir, pyplot, save_figure, write_json, write_text
+from .labels import class_mapping
+from .model import ResNet
 from .optim import ModelEMA, build_optimizer, loss_fn, lr_at, mix_batch, soft_targets
-from .recipes import TrainConfig
+from .recipes import TrainConfig, run_name
+
+LOG_EVERY = 20  # optimiser steps between reads of the running loss (progress bar, finite check)
 
 
 class TrainingDiverged(UserError):
@@ -44,6 +52,8 @@ class TrainingDiverged(UserError):
 
 @dataclasses.dataclass
 class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -63,21 +73,20 @@ def setup_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def pick_device(kind: str, d: Dist) -> torch.device:
+def pick_device(kind: str, ddp: Dist) -> torch.device:
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(ddp.local_rank)
+        return torch.device("cuda", ddp.local_rank)
     return torch.device("cpu")
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on CUDA, and on CPUs with bf16 instructions (AVX512-BF16, AMX), where a ResNet-50 training
-    step at 224 px ran 2.8x faster than fp32 (docs/benchmarks.md); off on other CPUs, where oneDNN converts around
-    every kernel and bf16 is slower than fp32."""
+    """``auto``: bf16 on CUDA, and on CPUs with bf16 instructions (AVX512-BF16, AMX), where it is several times
+    faster than fp32 (docs/benchmarks.md); off on other CPUs, where oneDNN converts around every kernel."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and has_native_bf16()) else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
@@ -86,51 +95,145 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def train_resolution(epoch: int, cfg: TrainConfig) -> int:
     """FFCV's progressive resizing: min_res until start_ramp, linear to image_size at end_ramp, in multiples of 32
     (of 8 for inputs under 128 px, where 32 would leave no steps between)."""
-    d = cfg.data
-    if not d.min_res or epoch >= d.end_ramp:
-        return d.image_size
-    if epoch <= d.start_ramp:
-        return d.min_res
-    frac = (epoch - d.start_ramp) / max(1, d.end_ramp - d.start_ramp)
-    step = 32 if d.image_size >= 128 else 8
-    return int(round((d.min_res + frac * (d.image_size - d.min_res)) / step)) * step
+    dc = cfg.data
+    if not dc.min_res or epoch >= dc.end_ramp:
+        return dc.image_size
+    if epoch <= dc.start_ramp:
+        return dc.min_res
+    frac = (epoch - dc.start_ramp) / max(1, dc.end_ramp - dc.start_ramp)
+    step = 32 if dc.image_size >= 128 else 8
+    return int(round((dc.min_res + frac * (dc.image_size - dc.min_res)) / step)) * step
 
 
-def build_data(cfg: TrainConfig, d: Dist, split_eval: str = "val"):
-    """Train and evaluation datasets with their transforms, and their loaders."""
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first-convolution kernel (out, c, k, k) for ``in_chans`` inputs, as timm's ``adapt_input_conv`` does:
+    RGB -> gray sums over the colour inputs (a gray image is R = G = B, so the response is unchanged); other
+    counts repeat the kernel over the new inputs and rescale by c / in_chans to keep the activation scale."""
+    c = weight.shape[1]
+    if c == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True)
+    reps = math.ceil(in_chans / c)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
+
+
+def init_from(model: ResNet, path: str, classes: list[str], log) -> None:
+    """Fine-tuning: start ``model`` from the weights file ``path``. The first convolution is adapted to the
+    data's channels, and the classifier is kept where the file's class names cover the data's (rows taken by
+    name, :mod:`resnet50.labels`), else reset."""
+    src = weights.load(path)
+    sd = dict(src.model.state_dict())
+    if sd["conv1.weight"].shape[1] != model.cfg.in_chans:
+        log(f"--init-weights: conv1 adapted from {sd['conv1.weight'].shape[1]} to {model.cfg.in_chans} input "
+            "channel(s) (summed for gray, repeated and rescaled otherwise)")
+        sd["conv1.weight"] = adapt_input_conv(sd["conv1.weight"], model.cfg.in_chans)
+    fc = {k: sd.pop(k) for k in list(sd) if k.startswith("fc.")}
+    try:
+        rows = class_mapping(classes, src.classes, src.num_classes) if src.classes and fc else None
+    except UserError:
+        rows = None
+    if rows is not None:
+        sd.update({k: v[rows] for k, v in fc.items()})
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise UserError(f"--init-weights {path} does not fit {weights.arch_name(model.cfg) or 'the model'} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}); give weights of the same --arch")
+    if rows is None:
+        log(f"--init-weights: classifier reset to the data's {len(classes)} classes")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """The training and validation data of a run, with their transforms and loaders."""
+
+    train_set: object
+    val_set: object
+    train_loader: Loader
+    val_loader: Loader
+    train_transform: TransformConfig
+    eval_transform: TransformConfig
+    per_rank_batch: int
+    batches_per_epoch: int
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.train_set.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.train_transform.in_chans
+
+    @property
+    def source(self) -> str:
+        return str(getattr(self.train_set, "source", None) or self.train_set)
+
+    @property
+    def train_count(self) -> int | None:
+        return _count(self.train_set)
+
+    @property
+    def val_count(self) -> int | None:
+        return _count(self.val_set)
+
+
+def _count(dataset) -> int | None:
+    if hasattr(dataset, "num_samples"):
+        return dataset.num_samples
+    return len(dataset)
+
+
+def build_data(cfg: TrainConfig, world: int = 1) -> DataBundle:
+    """Train and validation datasets with the transforms ``cfg.data`` describes, and their loaders (each process
+    gets ``batch_size / world`` images a step)."""
     dc = cfg.data
     train_set = build_dataset(dc.data, "train", val_fraction=dc.val_fraction, seed=cfg.run.seed)
-    val_set = build_dataset(dc.data, split_eval, val_fraction=dc.val_fraction, seed=cfg.run.seed)
-    tcfg = default_transform_config(train_set, dc.image_size)
-    over = dict(hflip=dc.hflip, scale=(dc.min_scale, 1.0), auto_augment=dc.auto_augment,
-                random_erasing=dc.random_erasing, interpolation=dc.interpolation)
-    if dc.train_crop != "auto":
-        over["train_crop"] = dc.train_crop
-    if dc.crop_pct:
-        over["crop_pct"] = dc.crop_pct
-    tcfg = dataclasses.replace(tcfg, **over)
-    ecfg = dataclasses.replace(tcfg, image_size=dc.eval_size) if dc.eval_size else tcfg
+    val_set = build_dataset(dc.data, "val", val_fraction=dc.val_fraction, seed=cfg.run.seed)
+    tcfg, ecfg = dc.transforms(train_set)
     train_set.transform = build_transform(tcfg, train=True)
     val_set.transform = build_transform(ecfg, train=False)
-    if dc.batch_size % d.world:
-        raise UserError(f"batch_size {dc.batch_size} does not split over {d.world} processes; use a multiple")
-    per_rank = dc.batch_size // d.world
+    if dc.batch_size % world:
+        raise UserError(f"--batch-size {dc.batch_size} does not split over {world} processes; use a multiple")
+    per_rank = dc.batch_size // world
     pin = torch.cuda.is_available()
+    if hasattr(train_set, "count"):  # shards: the sample count plans the schedule (a scan of tar headers)
+        train_set.count()
     train_loader = build_loader(train_set, per_rank, train=True, workers=dc.workers, pin_memory=pin,
                                 seed=cfg.run.seed, drop_last=True, repeats=dc.repeated_aug)
-    val_loader = build_loader(val_set, per_rank, train=False, workers=dc.workers, pin_memory=pin,
-                              seed=cfg.run.seed)
-    if len(train_loader) == 0:
-        raise UserError(f"the training set ({len(train_set)} images) is smaller than one batch of {per_rank}; "
-                        "lower --batch_size")
-    return train_set, val_set, train_loader, val_loader, tcfg, ecfg
+    val_loader = build_loader(val_set, per_rank, train=False, workers=dc.workers, pin_memory=pin, seed=cfg.run.seed)
+    batches = train_loader.num_batches()
+    if not batches:
+        raise UserError(f"the training set ({_count(train_set)} images) is smaller than one batch of {per_rank}; "
+                        "lower --batch-size")
+    return DataBundle(train_set, val_set, train_loader, val_loader, tcfg, ecfg, per_rank, batches)
 
 
-# --- checkpoints -------------------------------------------------------------------------------------------
+# --- the run state and checkpoints ---------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    with weights.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: exactly what ``last.pt`` holds besides the modules' own state dicts."""
+
+    step: int = 0
+    epoch: int = 0  # epochs completed
+    best: float = -1.0
+    history: list = dataclasses.field(default_factory=list)
+    epoch_stats: list | None = None  # mid-epoch: the epoch's running [loss sum, correct, seen, skipped] so far
+    loader: dict | None = None
+    rng: dict | None = None
+    classes: list | None = None
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in d:
+                setattr(self, f.name, d[f.name])
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -145,21 +248,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not a readable training checkpoint ({type(e).__name__}); it may be truncated") from e
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"{path} is not a training checkpoint of this toolkit (no config/model); to start from "
-                        "weights use --init_weights")
+                        "weights use --init-weights")
+    state["path"] = str(path)
     return state
 
 
+# Options a resumed run may change: where and how long it runs, how it reads data, and where the data now is
+# (a moved dataset; its classes are checked against the checkpoint's).
+MAY_CHANGE = {"run.time_limit", "run.max_steps", "run.checkpoint_every", "run.out", "run.name", "data.workers",
+              "data.data", "run.device", "run.threads"}
+
+
 def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
-    """A resumed run keeps its architecture, data and optimisation; only some run options may change."""
-    may_change = {"run.time_limit", "run.max_steps", "run.checkpoint_every", "run.workers", "run.out", "run.name",
-                  "data.workers", "run.device", "run.threads"}
+    """A resumed run keeps its architecture, data and optimisation; only ``MAY_CHANGE`` may differ."""
     new = cfg.to_dict()
     for sec in ("model", "data", "optim", "run"):
         for k, v in saved.get(sec, {}).items():
             key = f"{sec}.{k}"
             nv = new[sec].get(k)
-            if key not in may_change and _norm(nv) != _norm(v):
-                raise UserError(f"resuming a run with {key}={v!r}, but {key}={nv!r} was given; drop the option "
+            if key not in MAY_CHANGE and _norm(nv) != _norm(v):
+                flag = "--" + k.replace("_", "-")
+                raise UserError(f"resuming a run with {key}={v!r}, but {flag} {nv!r} was given; drop {flag} "
                                 "(the checkpoint fixes it) or start a new run")
 
 
@@ -167,28 +276,78 @@ def _norm(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-# --- the loop ----------------------------------------------------------------------------------------------
+def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[TrainConfig, dict]:
+    """The config of the run at ``path`` (a run folder or its last.pt) with ``overrides`` applied and checked,
+    and the checkpoint. The run continues in the checkpoint's own folder, wherever it is called from."""
+    from .recipes import apply_overrides
 
-def _metadata(cfg: TrainConfig, ecfg, classes) -> weights.Preprocessing:
-    resize = ecfg.eval_size
-    return weights.Preprocessing(resize=resize, crop=ecfg.image_size, mean=tuple(ecfg.mean), std=tuple(ecfg.std),
-                                 interpolation=ecfg.interpolation)
+    state = load_checkpoint(path)
+    saved = TrainConfig.from_dict(state["config"])
+    cfg = apply_overrides(TrainConfig.from_dict(state["config"]), overrides)
+    check_resume_config(saved.to_dict(), cfg)
+    run_dir = Path(state["path"]).resolve().parent
+    cfg.run.out, cfg.run.name = str(run_dir.parent), run_dir.name
+    return cfg, state
 
 
-def _unwrap(model: nn.Module) -> ResNet:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+@dataclasses.dataclass
+class Run:
+    """Everything a training run is made of once set up."""
+
+    cfg: TrainConfig
+    ddp: Dist
+    device: torch.device
+    data: DataBundle
+    model: ResNet
+    net: nn.Module  # the model as trained: DDP- and compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    amp_dtype: torch.dtype | None
+    state: RunState
+    run_dir: Path
+    steps_per_epoch: int
+    peak_lr: float
+    log: object = print
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
+
+    @property
+    def eval_model(self) -> ResNet:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.of(self.data.eval_transform)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.steps_per_epoch, self.cfg.optim, self.peak_lr)
+
+    def save_last(self, running: list | None = None) -> None:
+        """Write last.pt (rank 0); ``running`` are the current epoch's figures when saved mid-epoch."""
+        if not self.ddp.main:
+            return
+        self.state.loader = self.data.train_loader.state_dict()
+        self.state.rng = {"torch": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
+        ckpt = {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None, **self.state.state_dict(), "epoch_stats": running}
+        with weights.atomic_path(self.run_dir / "last.pt") as tmp:
+            torch.save(ckpt, tmp)
+
+    def save_weights(self, name: str, source: str) -> None:
+        weights.save(self.run_dir / name, self.eval_model, self.data.classes, self.preprocessing, source)
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, log=print) -> dict:
-    """Train per ``cfg`` (or continue the checkpoint ``resume``); returns the last epoch's metrics."""
-    state = None
-    if resume:
-        state = load_checkpoint(resume)
-        check_resume_config(state["config"], cfg)
-    d = setup_distributed("cuda" if cfg.run.device == "cuda" or
-                          (cfg.run.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = pick_device(cfg.run.device, d)
+def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
+    """Build the run ``cfg`` describes (or continue ``checkpoint``): process group, data, model, optimiser."""
+    dev_kind = "cuda" if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    ddp = setup_distributed(dev_kind)
+    device = pick_device(cfg.run.device, ddp)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if cfg.run.deterministic:
@@ -199,233 +358,305 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True, lo
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.run.seed)
 
-    train_set, val_set, train_loader, val_loader, tcfg, ecfg = build_data(cfg, d)
-    classes = list(train_set.classes)
-    m = cfg.model
-    model = create_model(m.arch, variant=m.variant, shortcut=m.shortcut or None, stem=m.stem or None,
-                         zero_init_residual=m.zero_init_residual, blurpool=m.blurpool, num_classes=len(classes),
-                         in_chans=tcfg.in_chans)
-    if m.init_weights and state is None:
-        src = weights.load(m.init_weights)
-        sd = {k: v for k, v in src.model.state_dict().items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if unexpected or any(not k.startswith("fc.") for k in missing):
-            raise UserError(f"--init_weights {m.init_weights} does not fit {m.arch} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); give weights of the same arch")
-    memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    data = build_data(cfg, ddp.world)
+    model = cfg.model.create(num_classes=len(data.classes), in_chans=data.in_chans)
+    if data.per_rank_batch == 1 and has_batchnorm(model):
+        raise UserError(f"a batch of 1 image per process cannot train BatchNorm (its batch statistics need at least "
+                        f"2 values per channel); raise --batch-size to at least {2 * ddp.world}")
+    state = RunState(classes=list(data.classes))
+    if checkpoint is not None and checkpoint.get("classes") not in (None, list(data.classes)):
+        raise UserError(f"the data at {cfg.data.data} has classes {data.classes[:5]}..., the run was trained on "
+                        f"{checkpoint['classes'][:5]}...; point --data at the run's own dataset")
+    if cfg.model.init_weights and checkpoint is None:
+        init_from(model, cfg.model.init_weights, list(data.classes), log if ddp.main else (lambda *a: None))
+    model = model.to(device, memory_format=torch.channels_last if cfg.run.channels_last else torch.contiguous_format)
 
     o = cfg.optim
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = max(1, batches_per_epoch // o.accum_steps)
+    steps_per_epoch = max(1, data.batches_per_epoch // o.accum_steps)
     peak_lr = o.lr * cfg.data.batch_size * o.accum_steps / 256
     optimizer = build_optimizer(model, o, peak_lr)
     amp_dtype = autocast_dtype(cfg.run.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model, cfg.run.ema_decay, cfg.run.ema_every) if cfg.run.ema_decay else None
-
-    step, start_epoch, best, history, epoch_stats = 0, 0, -1.0, [], None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
         if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step, start_epoch, best, history = state["step"], state["epoch"], state["best"], state["history"]
-        epoch_stats = state.get("epoch_stats")
-        train_loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+            ema.load_state_dict(checkpoint["ema"])
+        state.load_state_dict(checkpoint)
+        data.train_loader.load_state_dict(checkpoint["loader"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
 
-    if cfg.run.sync_bn and d.world > 1 and device.type != "cuda":
-        raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
-    if cfg.run.sync_bn and d.world > 1:
+    if cfg.run.sync_bn and ddp.world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
+    if cfg.run.sync_bn and ddp.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
-    if d.world > 1:
+    if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.run.compile:
         net = torch.compile(net)
-
     run_dir = Path(cfg.run.out) / cfg.run.name
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with weights.atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-        _write_history(run_dir, history)
-        log(f"run {run_dir}: {m.arch} {m.variant} on {train_set.source if hasattr(train_set, 'source') else cfg.data.data}"
-            f" ({len(train_set)} train / {len(val_set)} val images, {len(classes)} classes), {d.world} process(es) "
-            f"on {device}, batch {cfg.data.batch_size}, peak lr {peak_lr:.4g}, {steps_per_epoch} steps/epoch")
+    if ddp.main:
+        output_dir(run_dir, "--out/--name")
+    return Run(cfg, ddp, device, data, model, net, optimizer, scaler, ema, amp_dtype, state, run_dir,
+               steps_per_epoch, peak_lr, log)
 
-    def checkpoint(epoch_done: int, running: list | None = None) -> None:
-        if not d.main:
-            return
-        save_checkpoint(run_dir / "last.pt", {
-            "config": cfg.to_dict(), "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None, "step": step,
-            "epoch": epoch_done, "best": best, "history": history, "loader": train_loader.state_dict(),
-            "epoch_stats": running,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
-        })
 
-    t_start = time.perf_counter()
-    total_steps = steps_per_epoch * o.epochs
-    stop = False
-    last = history[-1] if history else {}
-    for epoch in range(start_epoch, o.epochs):
-        res = train_resolution(epoch, cfg)
-        net.train()
-        seen = correct = 0
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        data_s = compute_s = 0.0
-        skipped = []
-        train_loader.set_epoch(epoch)
-        if epoch_stats is not None:  # resuming mid-epoch: the epoch's running figures so far
-            loss_sum, correct, seen = torch.tensor(epoch_stats[0], dtype=torch.float64), epoch_stats[1], epoch_stats[2]
-            epoch_stats = None
-        bar = tqdm(total=batches_per_epoch, initial=train_loader.state_dict()["consumed"] // train_loader.batch_size,
-                   desc=f"epoch {epoch + 1}/{o.epochs}", unit="batch", disable=not (progress and d.main), leave=False)
-        t_epoch = t_mark = time.perf_counter()
-        micro = 0
-        for images, labels, bad in train_loader:
+# --- one epoch -----------------------------------------------------------------------------------------------
+
+class _Running:
+    """The epoch's loss sum, correct count and images seen, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device, saved: list | None) -> None:
+        loss, correct, seen, skipped = (saved or [0.0, 0, 0, 0]) + [0] * (4 - len(saved or [0] * 4))
+        self.loss = torch.tensor(float(loss), dtype=torch.float64, device=device)
+        self.correct = torch.tensor(int(correct), dtype=torch.int64, device=device)
+        self.seen, self.skipped = int(seen), int(skipped)
+        self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)  # first step with a non-finite loss
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        n = labels.shape[0]
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        self.bad_step = torch.where(finite | (self.bad_step >= 0), self.bad_step, torch.full_like(self.bad_step, step))
+        self.loss += torch.where(finite, loss.double(), torch.zeros_like(self.loss)) * n
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += n
+
+    def saved(self, skipped_now: int = 0) -> list:
+        return [float(self.loss), int(self.correct), self.seen, self.skipped + skipped_now]
+
+
+def check_finite(run: Run, running: _Running, epoch: int) -> None:
+    """Stop the run when a loss was NaN or infinite, naming the last good checkpoint (or its absence)."""
+    bad = int(running.bad_step)
+    if bad < 0:
+        return
+    last = run.run_dir / "last.pt"
+    where = f"the last good checkpoint is {last}; lower --lr or add --warmup-epochs, then --resume or start again" \
+        if last.exists() else ("no checkpoint was written yet; lower --lr or add --warmup-epochs and start again "
+                               "(--checkpoint-every N saves mid-epoch)")
+    raise TrainingDiverged(f"the loss became nan at step {bad} (epoch {epoch + 1}); {where}")
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict, bool, bool]:
+    """Train one epoch (or the rest of one, after a resume); returns its statistics row, whether the run stopped
+    early (``--max-steps``) and whether the epoch was completed."""
+    cfg, o, ddp, loader = run.cfg, run.cfg.optim, run.ddp, run.data.train_loader
+    res = train_resolution(epoch, cfg)
+    run.net.train()
+    loader.set_epoch(epoch)
+    running = _Running(run.device, run.state.epoch_stats)
+    run.state.epoch_stats = None
+    remaining = loader.num_batches()
+    initial = loader.state_dict()["consumed"] // loader.batch_size
+    bar = tqdm(total=None if remaining is None else initial + remaining, initial=initial,
+               desc=f"epoch {epoch + 1}/{o.epochs}", unit="batch", disable=not (progress and ddp.main), leave=False)
+    skipped: list[Skipped] = []
+    data_s = compute_s = 0.0
+    t_epoch = t_mark = time.perf_counter()
+    micro, batches, stop = 0, 0, False
+    # shards give ranks unequal batch counts: DDP's join lets a rank that runs out shadow the others' all-reduces
+    join = run.net.join() if ddp.world > 1 and loader.iterable and hasattr(run.net, "join") else nullcontext()
+    with join:
+        for images, labels, bad in loader:
+            batches += 1
             skipped.extend(bad)
             t_data = time.perf_counter()
             data_s += t_data - t_mark
-            if labels.numel() == 0:
+            if labels.numel() < 2 and has_batchnorm(run.model):
+                # BatchNorm cannot train on one image: drop the batch, count it as skipped
+                skipped.extend(Skipped(f"batch at step {run.state.step}", "a batch of one image left after skipping "
+                                       "unreadable files; dropped (BatchNorm needs 2)") for _ in range(labels.numel()))
                 t_mark = time.perf_counter()
                 continue
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if res != images.shape[-1]:
-                images = F.interpolate(images, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
-            images = images.contiguous(memory_format=memory_format)
-            targets = soft_targets(labels, len(classes), o.label_smoothing)
-            images, targets = mix_batch(images, targets, o)
-            lr = lr_at(step, steps_per_epoch, o, peak_lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
             sync = (micro + 1) % o.accum_steps == 0
-            ctx = net.no_sync() if (d.world > 1 and not sync and hasattr(net, "no_sync")) else nullcontext()
-            with ctx:
-                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    logits = net(images)
-                loss = loss_fn(logits, targets, o)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); the last good checkpoint "
-                        f"is {run_dir / 'last.pt'}; lower --lr or add --warmup_epochs, then --resume or restart")
-                scaler.scale(loss / o.accum_steps).backward()
+            logits, loss, labels = _forward_backward(run, images, labels, res, sync)
             micro += 1
+            running.add(loss, logits, labels, run.state.step)
             if sync:
-                if o.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if ema is not None:
-                    ema.update(model, step)
-            loss_sum += loss.detach().double().cpu() * labels.shape[0]
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += labels.shape[0]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+                _optimizer_step(run)
+            if run.device.type == "cuda" and sync and run.state.step % LOG_EVERY == 0:
+                torch.cuda.synchronize()  # honest timing at log points only
             t_mark = time.perf_counter()
             compute_s += t_mark - t_data
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}", img_s=f"{seen * d.world / (t_mark - t_epoch):.0f}")
-            if sync and cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                checkpoint(epoch, [float(loss_sum), correct, seen])
-            if sync and cfg.run.max_steps and step >= cfg.run.max_steps:
+            if sync and run.state.step % LOG_EVERY == 0:
+                check_finite(run, running, epoch)
+                bar.set_postfix(loss=f"{float(running.loss) / max(running.seen, 1):.3f}",
+                                lr=f"{run.lr(run.state.step):.3g}",
+                                img_s=f"{running.seen * ddp.world / (t_mark - t_epoch):.0f}")
+            if sync and cfg.run.checkpoint_every and run.state.step % cfg.run.checkpoint_every == 0:
+                check_finite(run, running, epoch)
+                run.save_last(running.saved(len(skipped)))
+            if sync and cfg.run.max_steps and run.state.step >= cfg.run.max_steps:
                 stop = True
                 break
-        bar.close()
-        finished_epoch = not stop or len(train_loader) == 0
-        train_stats = torch.tensor([float(loss_sum), correct, seen, data_s, compute_s], dtype=torch.float64)
-        if d.world > 1:
-            dist.all_reduce(train_stats)
-        row = {
-            "epoch": epoch + 1, "step": step, "lr": lr_at(max(step - 1, 0), steps_per_epoch, o, peak_lr),
-            "train_res": res, "train_loss": float(train_stats[0] / max(train_stats[2], 1)),
-            "train_top1": float(train_stats[1] / max(train_stats[2], 1)),
-            "train_images": int(train_stats[2]), "epoch_s": time.perf_counter() - t_epoch,
-            "img_s": float(train_stats[2]) / max(time.perf_counter() - t_epoch, 1e-9),
-            # time waiting for the loader against time computing, summed over processes
-            "data_s": float(train_stats[3]), "compute_s": float(train_stats[4]),
-            "data_share": float(train_stats[3] / max(train_stats[3] + train_stats[4], 1e-9)),
-            "skipped_files": len(skipped),
-        }
-        if skipped and d.main:
-            log(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0].path}: {skipped[0].reason}")
-        if (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == o.epochs or stop:
-            eval_model = ema.module if ema is not None else model
-            tta = "flip" if cfg.run.tta_flip else "none"
-            val = evaluate(eval_model, val_loader, len(classes), tta=tta, device=device,
-                           channels_last=cfg.run.channels_last, autocast_dtype=amp_dtype, progress=progress and d.main)
-            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], val_tta=tta,
-                       val_model="ema" if ema is not None else "model")
-            if d.main and val["top1"] > best:
-                best = val["top1"]
-                weights.save(run_dir / "best.safetensors", _unwrap(eval_model), classes, _metadata(cfg, ecfg, classes),
-                             f"resnet50 train {cfg.recipe} epoch {epoch + 1}")
+            if remaining is not None and batches >= remaining:
+                break  # shards: an epoch is the batch count the schedule was planned with
+    bar.close()
+    check_finite(run, running, epoch)
+    done = not stop or (remaining is not None and batches >= remaining)
+    if done:
+        loader.set_epoch(epoch + 1)
+    running.skipped += len(skipped)
+    stats = torch.tensor([float(running.loss), int(running.correct), running.seen, data_s, compute_s,
+                          running.skipped], dtype=torch.float64)
+    if ddp.world > 1:
+        dist.all_reduce(stats)
+    elapsed = time.perf_counter() - t_epoch
+    row = {
+        "epoch": epoch + 1, "step": run.state.step, "lr": run.lr(max(run.state.step - 1, 0)), "train_res": res,
+        "train_loss": float(stats[0] / max(stats[2], 1)), "train_top1": float(stats[1] / max(stats[2], 1)),
+        "train_images": int(stats[2]), "epoch_s": elapsed, "img_s": float(stats[2]) / max(elapsed, 1e-9),
+        # time waiting for the loader against time computing, summed over processes
+        "data_s": float(stats[3]), "compute_s": float(stats[4]),
+        "data_share": float(stats[3] / max(stats[3] + stats[4], 1e-9)), "skipped_files": int(stats[5]),
+    }
+    if skipped and ddp.main:
+        run.log(f"epoch {epoch + 1}: skipped {int(stats[5])} file(s), e.g. {skipped[0].path}: {skipped[0].reason}")
+    if not done:
+        row["partial"] = True  # replaced by the whole epoch's row when the run is resumed
+        run.state.epoch_stats = running.saved()
+    return row, stop, done
+
+
+def _forward_backward(run: Run, images, labels, res: int, sync: bool):
+    o, ddp = run.cfg.optim, run.ddp
+    images = images.to(run.device, non_blocking=True)
+    labels = labels.to(run.device, non_blocking=True)
+    if res != images.shape[-1]:
+        images = F.interpolate(images, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+    images = images.contiguous(memory_format=run.memory_format)
+    targets = soft_targets(labels, len(run.data.classes), o.label_smoothing)
+    images, targets = mix_batch(images, targets, o)
+    lr = run.lr(run.state.step)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    no_sync = ddp.world > 1 and not sync and hasattr(run.net, "no_sync")
+    with run.net.no_sync() if no_sync else nullcontext():
+        with torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext():
+            logits = run.net(images)
+        loss = loss_fn(logits, targets, o)
+        run.scaler.scale(loss / o.accum_steps).backward()
+    return logits, loss, labels
+
+
+def _optimizer_step(run: Run) -> None:
+    if run.cfg.optim.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state.step += 1
+    if run.ema is not None:
+        run.ema.update(run.model, run.state.step)
+
+
+# --- evaluation, records -------------------------------------------------------------------------------------
+
+def evaluate_and_save(run: Run, epoch: int, row: dict, progress: bool) -> None:
+    """Validate (with the EMA weights when there are some), add the figures to ``row`` and write
+    best.safetensors when the top-1 improved."""
+    tta = "flip" if run.cfg.run.tta_flip else "none"
+    val = evaluate(run.eval_model, run.data.val_loader, len(run.data.classes), tta=tta, device=run.device,
+                   channels_last=run.cfg.run.channels_last, autocast_dtype=run.amp_dtype,
+                   progress=progress and run.ddp.main)
+    row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], val_tta=tta,
+               val_model="ema" if run.ema is not None else "model")
+    if run.ddp.main and val["top1"] > run.state.best:
+        run.state.best = val["top1"]
+        run.save_weights("best.safetensors", f"resnet50 train {run.cfg.recipe} epoch {epoch + 1}")
+
+
+def record(run: Run, row: dict) -> None:
+    """Append the epoch's row (replacing a partial row of the same epoch) and rewrite metrics.jsonl, curves."""
+    hist = run.state.history
+    if hist and hist[-1].get("partial") and hist[-1]["epoch"] == row["epoch"]:
+        hist.pop()
+    hist.append(row)
+    if run.ddp.main:
+        write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
+        plot_curves(run.run_dir / "curves.png", hist)
+        val_txt = f", val top-1 {row['val_top1']:.2%}" if "val_top1" in row else ""
+        run.log(f"epoch {row['epoch']}/{run.cfg.optim.epochs}: train loss {row['train_loss']:.4f}{val_txt}, "
+                f"{row['img_s']:.0f} img/s, data {row['data_share']:.0%} of the time")
+
+
+def describe(run: Run) -> str:
+    n_train = run.data.train_count
+    n_train = "an unknown number of" if n_train is None else n_train
+    m = run.cfg.model
+    links = getattr(run.data.train_set, "walk_skipped", [])
+    note = f"; skipped {len(links)} link(s) while listing files, e.g. {links[0].path}: {links[0].reason}" \
+        if links else ""
+    return (f"run {run.run_dir}: {m.arch} {m.variant} on {run.data.source} ({n_train} train / "
+            f"{run.data.val_count if run.data.val_count is not None else '?'} val images, {len(run.data.classes)} "
+            f"classes), {run.ddp.world} process(es) on {run.device}, batch {run.cfg.data.batch_size}, peak lr "
+            f"{run.peak_lr:.4g}, {run.steps_per_epoch} steps/epoch{note}")
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, progress: bool = True,
+          log=print) -> dict:
+    """Train per ``cfg``, or continue a run (``resume``: its folder, its last.pt, or the checkpoint dict that
+    :func:`resume_config` returned). Returns the last epoch's metrics with ``run_dir``, ``best_val_top1`` and the
+    whole ``history`` (one row per epoch)."""
+    checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
+    if checkpoint is not None:
+        check_resume_config(checkpoint["config"], cfg)
+    if not cfg.run.name:
+        cfg.run.name = run_name(cfg)
+    run = setup(cfg, checkpoint, log)
+    if run.ddp.main:
+        write_json(run.run_dir / "config.json", cfg.to_dict(), indent=2)
+        log(describe(run))
+    t_start = time.perf_counter()
+    for epoch in range(run.state.epoch, cfg.optim.epochs):
+        row, stopped, done = train_one_epoch(run, epoch, progress)
+        if (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == cfg.optim.epochs or stopped:
+            evaluate_and_save(run, epoch, row, progress)
         row["elapsed_s"] = time.perf_counter() - t_start
-        history.append(row)
-        last = row
-        if d.main:
-            _write_history(run_dir, history)
-            _plot(run_dir, history)
-            val_txt = f", val top-1 {row['val_top1']:.2%}" if "val_top1" in row else ""
-            log(f"epoch {epoch + 1}/{o.epochs}: train loss {row['train_loss']:.4f}{val_txt}, {row['img_s']:.0f} img/s, "
-                f"data {row['data_share']:.0%} of the time")
-        if finished_epoch:
-            checkpoint(epoch + 1)
-        else:
-            checkpoint(epoch, [float(loss_sum), correct, seen])
-        if stop:
-            break
-        if cfg.run.time_limit and time.perf_counter() - t_start > cfg.run.time_limit * 60 and epoch + 1 < o.epochs:
-            if d.main:
+        record(run, row)
+        if done:
+            run.state.epoch = epoch + 1
+        run.save_last(None if done else run.state.epoch_stats)
+        out_of_time = cfg.run.time_limit and time.perf_counter() - t_start > cfg.run.time_limit * 60
+        if stopped or (out_of_time and epoch + 1 < cfg.optim.epochs):
+            if out_of_time and run.ddp.main:
                 log(f"time limit of {cfg.run.time_limit} min reached after epoch {epoch + 1}; stopping")
             break
-    if d.main:
-        final = ema.module if ema is not None else model
-        weights.save(run_dir / "final.safetensors", _unwrap(final), classes, _metadata(cfg, ecfg, classes),
-                     f"resnet50 train {cfg.recipe} step {step}")
-    if d.world > 1:
+    if run.ddp.main:
+        run.save_weights("final.safetensors", f"resnet50 train {cfg.recipe} step {run.state.step}")
+    if run.ddp.world > 1:
         dist.barrier()
-    return {**last, "run_dir": str(run_dir), "best_val_top1": best, "total_steps": total_steps}
+    last = run.state.history[-1] if run.state.history else {}
+    return {**last, "run_dir": str(run.run_dir), "best_val_top1": run.state.best,
+            "total_steps": run.steps_per_epoch * cfg.optim.epochs, "history": list(run.state.history)}
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    with weights.atomic_path(run_dir / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-
-
-def _plot(run_dir: Path, history: list[dict]) -> None:
-    """curves.png: loss and error (1 - top-1) per epoch, training and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(path: Path, history: list[dict]) -> None:
+    """Loss and error (1 - top-1) per epoch, training and validation, side by side."""
+    plt = pyplot()
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     # the training loss is the optimised one (label smoothing, mixup included); validation is plain cross-entropy
     a.plot(ep, [r["train_loss"] for r in history], color="C0", label="train (as optimised)")
     b.plot(ep, [100 * (1 - r["train_top1"]) for r in history], color="C0", label="train")
-    vals = [(r["epoch"], r) for r in history if "val_loss" in r]
+    vals = [r for r in history if "val_loss" in r]
     if vals:
-        a.plot([e for e, _ in vals], [r["val_loss"] for _, r in vals], color="C1", label="val")
-        b.plot([e for e, _ in vals], [100 * (1 - r["val_top1"]) for _, r in vals], color="C1", label="val")
+        a.plot([r["epoch"] for r in vals], [r["val_loss"] for r in vals], color="C1", label="val")
+        b.plot([r["epoch"] for r in vals], [100 * (1 - r["val_top1"]) for r in vals], color="C1", label="val")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     b.set(xlabel="epoch", ylabel="error (%)", title="top-1 error")
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with weights.atomic_path(run_dir / "curves.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

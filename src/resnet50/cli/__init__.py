@@ -4,11 +4,16 @@ and ``run(args) -> int`` (a thin call into one library module); this file only d
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import os
 import sys
 
 from ..errors import UserError
+from ..model import VARIANTS
+
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # Subcommand modules, in the order ``resnet50 --help`` lists them.
 COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "experiment", "predict", "export", "quantize", "benchmark", "serve")
@@ -25,6 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dashed(argv: list[str]) -> list[str]:
+    """Every option is spelled with dashes (``--batch-size``); the underscore spelling of earlier versions
+    (``--batch_size``, ``--batch_size=8``) still parses, rewritten here and never shown in ``--help``."""
+    out = []
+    for a in argv:
+        if a == "--":
+            out += argv[len(out):]
+            break
+        if a.startswith("--") and "_" in a.split("=", 1)[0]:
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
+
+
+def add_model_options(p: argparse.ArgumentParser, size_help: str = "input height and width in pixels; default the "
+                      "checkpoint's crop (224)", size_default: int | None = None) -> None:
+    """The model flags that ``benchmark``, ``export`` and ``summary`` share. With --weights they must agree with
+    the file (a contradiction is refused); without, they build the named architecture with random weights."""
+    g = p.add_argument_group("model options")
+    g.add_argument("--arch", default=None, help="architecture name (see 'resnet50 models'); default resnet50")
+    g.add_argument("--variant", choices=VARIANTS, default=None, help="v1 (stride in the 1x1) or v1.5 (in the 3x3)")
+    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs; default 1000")
+    g.add_argument("--in-chans", type=int, default=None, help="input channels (1 gray, 3 RGB); default 3")
+    g.add_argument("--size", type=int, default=size_default, help=size_help)
+
+
+def model_options(args) -> dict:
+    """The ResNetConfig fields set by :func:`add_model_options` flags (unset ones left out)."""
+    return {k: v for k, v in (("variant", args.variant), ("num_classes", args.num_classes),
+                              ("in_chans", args.in_chans)) if v is not None}
+
+
 def print_json(obj) -> None:
     """Every command's ``--json`` output goes through here: one JSON document on stdout."""
     json.dump(obj, sys.stdout, indent=2, default=str)
@@ -33,15 +71,29 @@ def print_json(obj) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(dashed(sys.argv[1:] if argv is None else list(argv)))
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is reported here, inside the handlers, not at interpreter exit
+        return code
     except UserError as e:
         print(f"resnet50 {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (``resnet50 models --json | head -1``): stop quietly, as command-line tools do, with
+        # the status of a process ended by SIGPIPE. stdout is pointed at /dev/null so the exit flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     except KeyboardInterrupt:
         print(f"resnet50 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # a fault of the machine, not of the program (a disk filled up, a folder became read-only)
+        print(f"resnet50 {args.command}: error: {e.strerror}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

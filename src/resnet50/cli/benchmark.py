@@ -1,19 +1,14 @@
 """resnet50 benchmark: img/s and latency per backend and batch, as % of the measured matmul peak (resnet50.bench)."""
 
+from ..backends import BACKENDS
 from ..bench import benchmark, format_report, parse_list
-from ..infer import BACKENDS
-from ..model import VARIANTS
-from . import print_json
+from . import add_model_options, model_options, print_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("benchmark", help="inference throughput/latency of each backend vs the measured peak")
     p.add_argument("--weights", help="checkpoint to time; without it, --arch with random weights (same speed)")
-    p.add_argument("--arch", default=None, help="architecture name; default resnet50")
-    p.add_argument("--variant", choices=VARIANTS, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--in-chans", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="input size; default the checkpoint's crop (224)")
+    add_model_options(p)
     p.add_argument("--backend", default=None,
                    help=f"comma-separated backends; default: every installed one of {', '.join(BACKENDS)}")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes; 1 is SingleStream, more is Offline")
@@ -28,8 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    options = {k: v for k, v in dict(variant=args.variant, num_classes=args.num_classes,
-                                      in_chans=args.in_chans).items() if v is not None}
+    options = model_options(args)
     backends = parse_list(args.backend, "backend") if args.backend else None
     report = benchmark(args.weights, args.arch, backends, parse_list(args.batch, "batch", int), args.warmup,
                        args.runs, args.size, args.threads, args.int8, progress=True, peak_n=args.peak_size,

@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("--test-data", default=None, help="Fashion-MNIST IDX folder with the t10k files "
                                                      "(default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", default=None, help="override the demo recipe's epochs")
-    p.add_argument("--max_steps", default=None, help="stop training after this many steps (smoke test)")
+    p.add_argument("--max-steps", default=None, help="stop training after this many steps (smoke test)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)

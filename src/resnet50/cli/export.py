@@ -4,19 +4,14 @@ import sys
 
 from ..export import FORMATS, export
 from ..infer import load_model
-from ..model import VARIANTS
-from . import print_json
+from . import add_model_options, model_options, print_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export to ONNX, TorchScript or torch.export, then check parity with eager")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
     p.add_argument("--weights", help="checkpoint to export; without it, --arch with random weights")
-    p.add_argument("--arch", default=None, help="architecture name (see 'resnet50 models'); default resnet50")
-    p.add_argument("--variant", choices=VARIANTS, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--in-chans", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="input height and width; default the checkpoint's crop (224)")
+    add_model_options(p)
     p.add_argument("--out", default=None, help="output file; default <arch>.onnx / .torchscript.pt / .pt2")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -24,9 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    options = {k: v for k, v in dict(variant=args.variant, num_classes=args.num_classes,
-                                      in_chans=args.in_chans).items() if v is not None}
-    im = load_model(args.weights, args.arch, args.size, **options)
+    im = load_model(args.weights, args.arch, args.size, **model_options(args))
     report = export(im, args.format, args.out, check=args.check)
     par = report.get("parity")
     if args.json:

@@ -3,8 +3,8 @@
 import sys
 
 from ..data.decode import MAX_PIXELS
-from ..errors import UserError
-from ..infer import BACKENDS, create_backend, load_model
+from ..backends import BACKENDS
+from ..infer import create_backend, load_model
 from ..predict import expand_inputs, predict_files, to_csv, to_text
 from . import print_json
 
@@ -12,7 +12,7 @@ from . import print_json
 def register(sub) -> None:
     p = sub.add_parser("predict", help="classify images (files, folders, glob patterns): top-k classes")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="image files, folders or glob patterns")
-    p.add_argument("--weights", help="checkpoint (.safetensors/.pth/.h5) or a model from export/quantize (.onnx)")
+    p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or a model from export/quantize (.onnx)")
     p.add_argument("--topk", type=int, default=5, help="classes per image; default 5")
     p.add_argument("--backend", default="auto",
                    help=f"auto (the fastest installed) or one of: {', '.join(BACKENDS)}; default auto")
@@ -27,10 +27,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.weights is None:
-        raise UserError("predict needs --weights: a checkpoint (.safetensors, or import one with 'resnet50 convert') "
-                        "or an .onnx model from 'resnet50 export' / 'resnet50 quantize'")
-    files = expand_inputs(args.inputs)
+    links: list = []
+    files = expand_inputs(args.inputs, links)
+    for s in links:
+        print(f"resnet50 predict: note: {s.path}: {s.reason}", file=sys.stderr)
     im = load_model(args.weights)
     backend = create_backend(args.backend, im, args.threads)
     results = predict_files(files, im, backend, args.topk, args.batch_size, args.max_pixels, progress=True)

@@ -3,8 +3,9 @@
 import ipaddress
 import sys
 
-from ..infer import BACKENDS, create_backend, load_model
-from ..serve import ServeConfig, serve
+from ..backends import BACKENDS
+from ..infer import create_backend, load_model
+from ..serve import ServeConfig, require_server, serve
 
 
 def register(sub) -> None:
@@ -35,6 +36,7 @@ def run(args) -> int:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
+    require_server()
     im = load_model(args.weights)
     backend = create_backend(args.backend, im, args.threads)
     info = {"url": f"http://{args.host}:{args.port}", "backend": backend.name, "arch": im.arch,

@@ -1,9 +1,9 @@
 """resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
 
 import dataclasses
-import time
 
-from ..recipes import RECIPES, SECTIONS, resolve
+from ..recipes import RECIPES, SECTIONS, flat_fields, resolve
+from ..train import resume_config, train
 from . import print_json
 
 
@@ -19,26 +19,20 @@ def register(sub) -> None:
         g = p.add_argument_group(f"{sec} options")
         for f in dataclasses.fields(typ):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            g.add_argument(f"--{f.name}", default=None, metavar=type(default).__name__.upper(),
+            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=type(default).__name__.upper(),
                            help=f"(recipe default; base {default!r})")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..train import load_checkpoint, train
-    from ..recipes import TrainConfig, apply_overrides, flat_fields
-
     overrides = {k: getattr(args, k) for k in flat_fields() if getattr(args, k) is not None}
     if args.resume:
-        # the checkpoint's config; options given now must not contradict it (train() checks)
-        cfg = apply_overrides(TrainConfig.from_dict(load_checkpoint(args.resume)["config"]), overrides)
+        cfg, checkpoint = resume_config(args.resume, overrides)
     else:
-        cfg = resolve(args.recipe, overrides)
-        if not cfg.run.name:
-            cfg.run.name = f"{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+        cfg, checkpoint = resolve(args.recipe, overrides), None
+    result = train(cfg, resume=checkpoint, progress=not args.no_progress)
     if args.json:
-        print_json(result)
+        print_json({k: v for k, v in result.items() if k != "history"})
     else:
         print(f"done: {result['run_dir']}  best val top-1 {result['best_val_top1']:.2%}")
     return 0

@@ -16,8 +16,12 @@ Every image a dataset returns goes through :func:`decode_image`, so every format
     encoder left under fully transparent pixels (often black, sometimes garbage), so a product photo on a transparent
     background would look different from the same photo on white; white is what a browser shows.
     RGB -> gray uses Pillow's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B).
+- EXIF orientation (tag 0x0112, all eight values) is applied, so a phone photo stored sideways with
+  "Orientation = 6" comes out upright, as every viewer shows it (``ImageOps.exif_transpose``). Training,
+  evaluation, prediction and serving all decode here, so all of them see it upright.
 - Decompression bombs: an image whose header claims more than ``max_pixels`` (default 64 Mpx, e.g. 8192 x 8192) is
-  refused before its pixels are decoded.
+  refused before its pixels are decoded. That limit is the only one: Pillow's own (about 179 Mpx) is lifted while
+  the header is read, so a genuine larger image decodes when ``max_pixels`` admits it.
 - Every failure (unreadable file, truncated or corrupt data, bomb) raises :class:`ImageDecodeError`, a
   :class:`~resnet50.errors.UserError` that carries the file's name; the loader skips and counts such files.
 """
@@ -26,12 +30,13 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import UserError
 
@@ -43,6 +48,30 @@ _GRAY_MODES = ("L", "1")
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+_EXIF_ORIENTATION = 0x0112
+_PIL_LIMIT_LOCK = threading.Lock()  # Pillow's limit is a module global: lift it for one header read at a time
+
+
+def _open(source: bytes | str | os.PathLike) -> Image.Image:
+    """Image.open with Pillow's decompression-bomb limit lifted (our ``max_pixels`` is checked by the caller)."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF Orientation tag says (one of 8 values: mirrorings and quarter turns)."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: keep the pixels as stored
+        return img
+    return ImageOps.exif_transpose(img) if orientation in range(2, 9) else img
+
+
 class ImageDecodeError(UserError):
     """One file could not be decoded. ``path`` names it; the loader skips it and reports it."""
 
@@ -50,6 +79,15 @@ class ImageDecodeError(UserError):
         super().__init__(f"cannot decode {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The header claims more pixels than ``max_pixels`` allows (checked before any pixel is decoded)."""
+
+    def __init__(self, path: str, pixels: int, width: int, height: int, max_pixels: int) -> None:
+        super().__init__(path, f"{width}x{height} = {pixels} pixels exceeds max_pixels={max_pixels} (a decompression "
+                               "bomb guard); raise the limit (--max-pixels) if the image is genuine")
+        self.pixels = pixels
 
 
 class Skipped(NamedTuple):
@@ -76,30 +114,36 @@ def decode_image(
         raise UserError(f"in_chans must be 1 (gray) or 3 (RGB), not {in_chans}")
     label = name if name is not None else (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
-        # Our own bomb check below is stricter than Pillow's warning threshold (89 Mpx); silence that warning so a
-        # refused file reports once, as our error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        img = _open(source)
         width, height = img.size
         if width * height > max_pixels:
-            raise ImageDecodeError(
-                label, f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-                "(a decompression bomb guard); raise max_pixels if the image is genuine")
+            raise ImageTooLarge(label, width * height, width, height, max_pixels)
         if draft_size is not None and img.format == "JPEG":
             scale = min(width, height) / draft_size
             # draft() keeps both sides >= the requested size, so ask for the image's aspect at the target scale.
             if scale > 1:
                 img.draft(img.mode, (round(width / scale), round(height / scale)))
         img.load()
-        return to_mode(img, in_chans)
+        return to_mode(upright(img), in_chans)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(label, f"{e} (a decompression bomb guard)") from None
+    except Image.UnidentifiedImageError:
+        # Pillow's message names the file object it read from (<_io.BytesIO object at 0x...>): say it ourselves
+        size = len(source) if isinstance(source, bytes) else _size_of(source)
+        what = "empty (0 bytes)" if size == 0 else "not an image format Pillow can read"
+        raise ImageDecodeError(label, what) from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
         # OSError covers a missing or unreadable file, "image file is truncated" and unknown formats.
         raise ImageDecodeError(label, str(e) or type(e).__name__) from None
+
+
+def _size_of(path: str | os.PathLike) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def to_mode(img: Image.Image, in_chans: int) -> Image.Image:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import math
 import os
 import pickle
 import struct
@@ -45,7 +46,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from . import stats
-from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
+from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, Skipped, decode_image
+from .discover import find_images, is_hidden
 from .seeding import hash64
 from .webdataset import WebDataset
 
@@ -139,8 +141,10 @@ class ImageFolder(Dataset):
             raise UserError(f"{self.root} has class folders not in the training classes: {', '.join(unknown[:5])}; "
                             "give every split the same class folders")
         samples = []
+        self.walk_skipped: list[Skipped] = []  # links skipped by the walk (discover.py), reported by the loader
         for name in found:
-            files = _image_files(self.root / name)
+            files, skipped = find_images(self.root / name)
+            self.walk_skipped += skipped
             if not files:
                 raise UserError(f"class folder {self.root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                                 "add images or remove the folder")
@@ -165,7 +169,7 @@ class ImageFolder(Dataset):
 
 
 def _class_folders(root: Path) -> list[str]:
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
     if not folders:
         if _image_files(root, recursive=False):
             raise UserError(f"{root} holds images but no class folders; put each class's images in a folder named "
@@ -175,14 +179,7 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files.extend(Path(dirpath, f) for f in filenames
-                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    return sorted(files)
+    return find_images(folder, recursive)[0]
 
 
 def _is_split_root(root: Path) -> bool:
@@ -278,7 +275,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"{path} is truncated in its IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # Python integers: a byte-swapped header must not overflow to a small number
     expected, found = count * dtype.itemsize, len(raw) - header
     if found != expected:
         what = "truncated" if found < expected else "corrupt (longer than its header says)"

@@ -132,6 +132,10 @@ class ResumableSampler(Sampler):
         epoch = self.epoch
         return iter([(epoch, i) if c == 0 else (epoch, i, c) for i, c in self.keys()[self.start:]])
 
+    def num_batches(self) -> int | None:
+        """Batches the next (or current) iteration yields, or None when the sample count is unknown."""
+        return None if self._epoch_samples() is None else len(self)
+
     def __len__(self) -> int:
         return max(self.num_samples - self.start, 0)
 
@@ -141,6 +145,10 @@ class _SkipErrors(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
+
+    def num_batches(self) -> int | None:
+        """Batches the next (or current) iteration yields, or None when the sample count is unknown."""
+        return None if self._epoch_samples() is None else len(self)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -222,6 +230,10 @@ class Loader:
             return self.sampler.num_samples
         total = getattr(self.dataset, "num_samples", None)
         return None if total is None else math.ceil(total / self.world_size)
+
+    def num_batches(self) -> int | None:
+        """Batches the next (or current) iteration yields, or None when the sample count is unknown."""
+        return None if self._epoch_samples() is None else len(self)
 
     def __len__(self) -> int:
         """Batches the next (or current) iteration yields; for shards an estimate, and only when the sample count

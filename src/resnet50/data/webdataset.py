@@ -216,6 +216,12 @@ class WebDataset(IterableDataset):
             raise UserError(f"no .cls labels in the shards starting {self.shards[0]}; add <key>.cls files")
         return count, top
 
+    def count(self) -> int:
+        """The number of samples in the shards (``num_samples``), scanning their tar headers once if unknown."""
+        if self.num_samples is None:
+            self.num_samples, _ = self._scan()
+        return self.num_samples
+
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``; the loader calls this (its workers are restarted each epoch to see it)."""
         self.epoch = epoch

@@ -1,0 +1,70 @@
+"""Finding image files in folders: the one rule that training, evaluation, prediction and quantisation share.
+
+- Hidden entries are skipped, files and folders alike: names starting with ``.`` (macOS AppleDouble ``._x.png``
+  files, ``.DS_Store``, ``.ipynb_checkpoints/``, ``.git/``).
+- A folder contributes the files whose extension (any case) is an image extension (``IMAGE_EXTENSIONS``).
+- Links are followed, but each real file is taken once and each real folder entered once: a link back to a parent
+  (a loop) or a second link to the same file is skipped and reported, never walked forever or counted twice.
+- Results are sorted by path, so every command sees the same files in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .decode import IMAGE_EXTENSIONS, Skipped
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def is_image_name(name: str) -> bool:
+    return not is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def find_images(folder: str | os.PathLike, recursive: bool = True) -> tuple[list[Path], list[Skipped]]:
+    """The image files below ``folder`` (by the rules above), sorted, and the links skipped with their reason."""
+    folder = Path(folder)
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    seen_files: set[str] = set()
+    seen_dirs: set[str] = {os.path.realpath(folder)}
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(Skipped(str(current), f"cannot list the folder: {e.strerror or e}"))
+            continue
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                real = os.path.realpath(path)
+                if real in seen_dirs:
+                    skipped.append(Skipped(str(path), f"a link to {real}, a folder already walked (a loop or a "
+                                                      "duplicate); skipped"))
+                    continue
+                seen_dirs.add(real)
+                stack.append(path)
+            elif is_image_name(entry.name):
+                real = os.path.realpath(path)
+                if not os.path.exists(real):
+                    skipped.append(Skipped(str(path), "a broken link; skipped"))
+                    continue
+                if real in seen_files:
+                    skipped.append(Skipped(str(path), f"the same file as {real}, already taken; skipped"))
+                    continue
+                seen_files.add(real)
+                files.append(path)
+    return sorted(files), skipped
