@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import build_dataset, build_loader, eval_transform
+from .data import MAX_PIXELS, build_dataset, build_loader, eval_transform
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .labels import class_mapping, model_class_keys, remap
@@ -138,7 +138,8 @@ def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
 
 
 def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: str = "none", batch_size: int = 100,
-                     workers: int = 0, out: str | None = None, progress: bool = True) -> dict:
+                     workers: int = 0, out: str | None = None, progress: bool = True,
+                     max_pixels: int = MAX_PIXELS) -> dict:
     """Evaluate a weights file (or a run folder's best.safetensors) on a dataset with the checkpoint's own
     preprocessing. For images smaller than the crop (28 px Fashion-MNIST into 32), ten-crop first resizes the
     image to crop + 4 px so that the ten crops differ."""
@@ -150,7 +151,7 @@ def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: 
     ckpt = load(path)
     cfg = ckpt.model.cfg
     pre = ckpt.preprocessing.for_channels(cfg.in_chans)
-    dataset = build_dataset(data, split, in_chans=cfg.in_chans)
+    dataset = build_dataset(data, split, in_chans=cfg.in_chans, max_pixels=max_pixels)
     # the dataset's label i is the model's class mapping[i], matched by name (labels.py)
     keys = model_class_keys(ckpt.classes, cfg.num_classes)
     mapping = class_mapping(dataset.classes, keys, cfg.num_classes, f"{data} ({split})")

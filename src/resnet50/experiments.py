@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .model import ARCHS
-from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, validate
+from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, apply_overrides, validate
 from .train import train
 
 
@@ -37,8 +37,14 @@ def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: f
 
 def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs: int = 8, batch_size: int = 128,
                 lr: float = 0.2, warmup_epochs: float = 0.5, out: str = "runs/degradation", max_steps: int = 0,
-                progress: bool = True) -> dict:
-    """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves."""
+                progress: bool = True, overrides: dict | None = None) -> dict:
+    """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves.
+    ``overrides``: other TrainConfig fields, by name, applied to every net (not the architecture or run name,
+    which the experiment sets per net)."""
+    fixed = sorted(set(overrides or {}) & {"arch", "name"})
+    if fixed:
+        raise UserError(f"the experiment sets {' and '.join(fixed)} for each net itself; drop "
+                        + " ".join("--" + k for k in fixed))
     for d in depths:
         if (d - 2) % 6 or d < 8:
             raise UserError(f"depth {d} is not 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); choose CIFAR-style depths")
@@ -49,7 +55,8 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
             arch = f"{kind}{d}_cifar"
             if arch not in ARCHS:
                 raise UserError(f"no {arch}; available depths: 20, 32, 44, 56, 110")
-            cfg = degradation_config(arch, data, epochs, batch_size, lr, out, max_steps, warmup_epochs=warmup_epochs)
+            cfg = apply_overrides(degradation_config(arch, data, epochs, batch_size, lr, out, max_steps,
+                                                     warmup_epochs=warmup_epochs), overrides)
             hist = train(cfg, progress=progress, log=lambda *a: None)["history"]
             runs.append({"arch": arch, "kind": kind, "depth": d, "history": hist,
                          "train_error": 1 - hist[-1]["train_top1"], "val_error": 1 - hist[-1]["val_top1"]})

@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .data.augment import build_auto_augment
+from .data.decode import MAX_PIXELS
 from .data.transforms import INTERPOLATIONS, TransformConfig, default_transform_config
 from .errors import UserError
 from .model import ResNet, create_model
@@ -61,6 +62,7 @@ class DataSpec:
     batch_size: int = 256  # global batch (split over DDP processes)
     workers: int = 4
     val_fraction: float = 0.1  # held-out share of train where the files have no validation split
+    max_pixels: int = MAX_PIXELS  # refuse images whose header claims more pixels (decompression bombs)
 
     def transforms(self, dataset) -> tuple[TransformConfig, TransformConfig]:
         """The training and evaluation TransformConfigs for ``dataset``: its defaults (statistics, channels, the
@@ -343,6 +345,7 @@ def validate(cfg: TrainConfig) -> None:
         (o.accum_steps >= 1, "accum_steps must be >= 1"),
         (0 <= o.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (d.batch_size >= 1, "batch_size must be >= 1"),
+        (d.max_pixels >= 1, f"max_pixels must be positive, not {d.max_pixels}"),
         (d.image_size >= 32, f"image_size {d.image_size} is below the 32 px minimum"),
         (d.train_crop in ("auto", "random_resized", "pad"), "train_crop must be auto, random_resized or pad"),
         (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),

@@ -191,8 +191,9 @@ def build_data(cfg: TrainConfig, world: int = 1) -> DataBundle:
     """Train and validation datasets with the transforms ``cfg.data`` describes, and their loaders (each process
     gets ``batch_size / world`` images a step)."""
     dc = cfg.data
-    train_set = build_dataset(dc.data, "train", val_fraction=dc.val_fraction, seed=cfg.run.seed)
-    val_set = build_dataset(dc.data, "val", val_fraction=dc.val_fraction, seed=cfg.run.seed)
+    kw = dict(val_fraction=dc.val_fraction, seed=cfg.run.seed, max_pixels=dc.max_pixels)
+    train_set = build_dataset(dc.data, "train", **kw)
+    val_set = build_dataset(dc.data, "val", **kw)
     tcfg, ecfg = dc.transforms(train_set)
     train_set.transform = build_transform(tcfg, train=True)
     val_set.transform = build_transform(ecfg, train=False)
@@ -278,12 +279,14 @@ def _norm(v):
 
 def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[TrainConfig, dict]:
     """The config of the run at ``path`` (a run folder or its last.pt) with ``overrides`` applied and checked,
-    and the checkpoint. The run continues in the checkpoint's own folder, wherever it is called from."""
+    and the checkpoint. The run continues in the checkpoint's own folder, wherever it is called from; its data
+    may be pointed to again (``--data``) when it has moved."""
     from .recipes import apply_overrides
 
     state = load_checkpoint(path)
     saved = TrainConfig.from_dict(state["config"])
-    cfg = apply_overrides(TrainConfig.from_dict(state["config"]), overrides)
+    # --max-steps and --time-limit stop one invocation: a resumed run goes on to its end unless given them again
+    cfg = apply_overrides(TrainConfig.from_dict(state["config"]), {"max_steps": 0, "time_limit": 0, **overrides})
     check_resume_config(saved.to_dict(), cfg)
     run_dir = Path(state["path"]).resolve().parent
     cfg.run.out, cfg.run.name = str(run_dir.parent), run_dir.name
@@ -437,7 +440,8 @@ def check_finite(run: Run, running: _Running, epoch: int) -> None:
     if bad < 0:
         return
     last = run.run_dir / "last.pt"
-    where = f"the last good checkpoint is {last}; lower --lr or add --warmup-epochs, then --resume or start again" \
+    where = f"the last good checkpoint is {last}; lower --lr or add --warmup-epochs, then continue it with " \
+        f"'resnet50 train --resume {run.run_dir}' or start again" \
         if last.exists() else ("no checkpoint was written yet; lower --lr or add --warmup-epochs and start again "
                                "(--checkpoint-every N saves mid-epoch)")
     raise TrainingDiverged(f"the loss became nan at step {bad} (epoch {epoch + 1}); {where}")

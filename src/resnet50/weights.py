@@ -307,10 +307,12 @@ def from_state_dict(sd: dict[str, Tensor], arch: str | None = None, source: str 
     With ``arch``, the model is built from that name (plus ``overrides``) and a mismatch is an error that says
     what the file holds instead."""
     inferred = infer_config(sd)
+    given = {k: v for k, v in overrides.items() if v is not None}
     if arch is None:
-        cfg = ResNetConfig.from_dict({**inferred, **{k: v for k, v in overrides.items() if v is not None}})
-    else:
-        cfg = model_config(arch, **overrides)
+        cfg = ResNetConfig.from_dict({**inferred, **given})
+    else:  # the named architecture, with the file's classes and channels unless an option says otherwise
+        own = {k: inferred[k] for k in ("num_classes", "in_chans", "conv_bias")}
+        cfg = model_config(arch, **{**own, **given})
     model = ResNet(cfg)
     load_strict(model, sd, source)
     return Checkpoint(model, arch_name(cfg) or "custom", None, Preprocessing(), source)
@@ -350,11 +352,9 @@ def _likely_cause(sd: dict[str, Tensor], cfg: ResNetConfig) -> str:
         diffs.append(f"the file holds {name or 'a ' + got['block'] + ' net with blocks ' + str(got['layers'])}, "
                      f"the model is {arch_name(cfg) or 'custom'} (use --arch {name or '...'})")
     if got["num_classes"] != want["num_classes"]:
-        diffs.append(f"the file has {got['num_classes']} classes, the model {want['num_classes']} "
-                     f"(use --num-classes {got['num_classes']}, or load it and reset the classifier)")
+        diffs.append(f"the file has {got['num_classes']} classes, the model {want['num_classes']}")
     if got["in_chans"] != want["in_chans"]:
-        diffs.append(f"the file takes {got['in_chans']} input channel(s), the model {want['in_chans']} "
-                     f"(use --in-chans {got['in_chans']})")
+        diffs.append(f"the file takes {got['in_chans']} input channel(s), the model {want['in_chans']}")
     if got["conv_bias"] != want["conv_bias"]:
         diffs.append("conv biases differ (Keras-style weights have them; import .h5 files with the Keras importer)")
     for k in ("stem", "shortcut", "stem_width", "widths"):

@@ -16,7 +16,7 @@ from ..model import VARIANTS
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # Subcommand modules, in the order ``resnet50 --help`` lists them.
-COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "experiment", "predict", "export", "quantize", "benchmark", "serve")
+COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "experiment", "predict", "export", "quantize", "benchmark", "serve", "detect")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,30 @@ def model_options(args) -> dict:
     """The ResNetConfig fields set by :func:`add_model_options` flags (unset ones left out)."""
     return {k: v for k, v in (("variant", args.variant), ("num_classes", args.num_classes),
                               ("in_chans", args.in_chans)) if v is not None}
+
+
+def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field (``--lr``, ``--batch-size``, ...), for every command that trains; fields in
+    ``skip`` are left to the command's own flags. Unset flags are None: the recipe's value stands."""
+    import dataclasses
+
+    from ..recipes import SECTIONS
+
+    for sec, typ in SECTIONS.items():
+        g = p.add_argument_group(f"{sec} options")
+        for f in dataclasses.fields(typ):
+            if f.name in skip:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                           metavar=type(default).__name__.upper(), help=f"(recipe default; base {default!r})")
+
+
+def config_overrides(args, skip: tuple[str, ...] = ()) -> dict:
+    """The TrainConfig fields given on the command line, by field name."""
+    from ..recipes import flat_fields
+
+    return {k: getattr(args, k) for k in flat_fields() if k not in skip and getattr(args, k, None) is not None}
 
 
 def print_json(obj) -> None:

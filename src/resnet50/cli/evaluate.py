@@ -1,6 +1,7 @@
 """resnet50 evaluate: top-1/top-5, loss, per-class accuracy and confusion matrix of weights on a dataset."""
 
-from ..evaluate import TTA_MODES
+from ..data.decode import MAX_PIXELS
+from ..evaluate import TTA_MODES, evaluate_weights
 from . import print_json
 
 
@@ -15,6 +16,8 @@ def register(sub) -> None:
                    "ten-crop: the paper's 10-crop testing")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images larger than this many pixels (decompression bombs); default {MAX_PIXELS}")
     p.add_argument("--out", default=None, help="folder for confusion.json / confusion.png / metrics.json")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -22,10 +25,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate_weights
-
     result = evaluate_weights(args.weights, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
-                              workers=args.workers, out=args.out, progress=not args.no_progress)
+                              workers=args.workers, out=args.out, progress=not args.no_progress,
+                              max_pixels=args.max_pixels)
     if args.json:
         print_json(result)
         return 0

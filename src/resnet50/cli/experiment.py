@@ -1,11 +1,15 @@
 """resnet50 experiment degradation: plain vs residual nets of two depths, as in the paper's Figures 1 and 6."""
 
-from . import print_json
+from ..experiments import degradation
+from . import add_config_flags, config_overrides, print_json
+
+# the fields this command sets with its own flags (and defaults); every other TrainConfig field is a flag too
+OWN = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "max_steps", "out")
 
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="paper experiments: 'degradation' (plain vs residual, Fig. 1 and 6)")
-    p.add_argument("name", choices=("degradation",))
+    p.add_argument("experiment", metavar="NAME", choices=("degradation",), help="degradation")
     p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
     p.add_argument("--epochs", type=int, default=8)
@@ -16,16 +20,15 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/degradation")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
+    add_config_flags(p, skip=OWN)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..experiments import degradation
-
     depths = [int(x) for x in args.depths.split(",") if x.strip()]
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, overrides=config_overrides(args, OWN))
     if args.json:
         print_json(result)
     else:

@@ -1,10 +1,8 @@
 """resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
 
-import dataclasses
-
-from ..recipes import RECIPES, SECTIONS, flat_fields, resolve
+from ..recipes import RECIPES, resolve
 from ..train import resume_config, train
-from . import print_json
+from . import add_config_flags, config_overrides, print_json
 
 
 def register(sub) -> None:
@@ -15,17 +13,12 @@ def register(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN", help="a run folder or last.pt to continue exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    for sec, typ in SECTIONS.items():
-        g = p.add_argument_group(f"{sec} options")
-        for f in dataclasses.fields(typ):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=type(default).__name__.upper(),
-                           help=f"(recipe default; base {default!r})")
+    add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    overrides = {k: getattr(args, k) for k in flat_fields() if getattr(args, k) is not None}
+    overrides = config_overrides(args)
     if args.resume:
         cfg, checkpoint = resume_config(args.resume, overrides)
     else:

@@ -82,7 +82,7 @@ class ResumableSampler(Sampler):
     ranks may differ by one. Yields ``(epoch, index)`` so a worker can seed each sample's augmentation.
 
     ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; torchvision's ``RASampler``, the torchvision-v2
-    recipe's ``--ra-reps 4``): every index of the permutation appears ``repeats`` times in a row, so consecutive
+    recipe's ``ra_reps=4``): every index of the permutation appears ``repeats`` times in a row, so consecutive
     copies go to different ranks (or sit in one batch on a single process), each with its own augmentation; the
     epoch keeps ceil(n / replicas) samples per rank, so it covers about n / repeats distinct images. Copies after
     the first are yielded as ``(epoch, index, copy)``, which gives them their own augmentation seed.
