@@ -29,7 +29,7 @@ import torch
 
 from .backends import OnnxRuntimeBackend
 from .errors import UserError, require
-from .files import atomic_path
+from .files import atomic_path, output_file
 from .weights import Checkpoint
 
 FORMATS = ("onnx", "torchscript", "torch.export")
@@ -151,7 +151,7 @@ def export(im: Checkpoint, fmt: str, out: str | Path | None = None, check: bool 
     """Export ``im`` to ``fmt`` and check parity with eager; returns the report (``parity.passed`` is the verdict)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    path = Path(out) if out is not None else Path(f"{im.arch}{SUFFIXES[fmt]}")
+    path = output_file(out if out is not None else f"{im.arch}{SUFFIXES[fmt]}")
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_torch_export}[fmt]
     writer(im, path)
     report = {"format": fmt, "path": str(path), "bytes": path.stat().st_size, "arch": im.arch,

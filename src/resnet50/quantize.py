@@ -37,7 +37,7 @@ from .cpu import has_vnni
 from .data.decode import ImageDecodeError
 from .errors import UserError, require
 from .export import ONNX_INPUT
-from .files import atomic_path
+from .files import atomic_path, output_file
 from .infer import create_backend, load_model, onnx_file
 from .labels import class_mapping, model_class_keys
 from .data.transforms import eval_transform
@@ -146,7 +146,7 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
 
     if calib_count < 1:
         raise UserError(f"--calib-count must be >= 1, got {calib_count}")
-    out = Path(out)
+    out = output_file(out)
     if out.suffix != ".onnx":
         raise UserError(f"the INT8 model is an ONNX file: name the output {out.with_suffix('.onnx')}")
     im = load_model(weights)

@@ -351,6 +351,9 @@ def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
         else "cpu"
     ddp = setup_distributed(dev_kind)
     device = pick_device(cfg.run.device, ddp)
+    run_dir = Path(cfg.run.out) / cfg.run.name
+    if ddp.main:
+        output_dir(run_dir, "--out/--name")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if cfg.run.deterministic:
@@ -361,7 +364,13 @@ def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.run.seed)
 
-    data = build_data(cfg, ddp.world)
+    try:
+        data = build_data(cfg, ddp.world)
+    except UserError as e:
+        if checkpoint is None:
+            raise
+        raise UserError(f"{e}; if the run's data has moved, point to it: 'resnet50 train --resume {run_dir} "
+                        "--data PATH'") from e
     model = cfg.model.create(num_classes=len(data.classes), in_chans=data.in_chans)
     if data.per_rank_batch == 1 and has_batchnorm(model):
         raise UserError(f"a batch of 1 image per process cannot train BatchNorm (its batch statistics need at least "
@@ -402,9 +411,6 @@ def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.run.compile:
         net = torch.compile(net)
-    run_dir = Path(cfg.run.out) / cfg.run.name
-    if ddp.main:
-        output_dir(run_dir, "--out/--name")
     return Run(cfg, ddp, device, data, model, net, optimizer, scaler, ema, amp_dtype, state, run_dir,
                steps_per_epoch, peak_lr, log)
 
@@ -617,6 +623,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
         check_resume_config(checkpoint["config"], cfg)
     if not cfg.run.name:
         cfg.run.name = run_name(cfg)
+    if checkpoint is None and cfg.data.data != "embedded" and Path(cfg.data.data).exists():
+        cfg.data.data = str(Path(cfg.data.data).resolve())  # the run folder can be resumed from anywhere
     run = setup(cfg, checkpoint, log)
     if run.ddp.main:
         write_json(run.run_dir / "config.json", cfg.to_dict(), indent=2)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .data.transforms import Preprocessing
 from .errors import UserError
-from .files import atomic_path
+from .files import atomic_path, output_file
 from .model import ResNet, ResNetConfig, arch_name, model_config
 
 # Our schema, stored under its own key. ``format`` is safetensors' own convention ("pt": torch tensors), which Hugging
@@ -487,7 +487,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str | None = N
             classes: list[str] | None = None, **overrides) -> Checkpoint:
     """Read ``src`` (any supported format) and write ``dst``: ``.safetensors`` in our format with metadata, or
     ``.pth`` as a plain state dict in the torchvision layout (loadable by torchvision/timm when the options match)."""
-    dst = Path(dst)
+    dst = output_file(dst, "DST")
     if dst.suffix not in (".safetensors", ".pth", ".pt"):
         raise UserError(f"unknown output format {dst.suffix!r}; name the output .safetensors (ours, with metadata) "
                         "or .pth (plain state dict)")

@@ -24,13 +24,17 @@ def is_image_name(name: str) -> bool:
     return not is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def find_images(folder: str | os.PathLike, recursive: bool = True) -> tuple[list[Path], list[Skipped]]:
-    """The image files below ``folder`` (by the rules above), sorted, and the links skipped with their reason."""
+def find_images(folder: str | os.PathLike, recursive: bool = True,
+                seen: tuple[set[str], set[str]] | None = None) -> tuple[list[Path], list[Skipped]]:
+    """The image files below ``folder`` (by the rules above), sorted, and the links skipped with their reason.
+
+    ``seen``: (real folders, real files) already taken, shared between walks of one dataset (a class folder
+    linked into another class is then walked once); give the dataset root among the folders."""
     folder = Path(folder)
     files: list[Path] = []
     skipped: list[Skipped] = []
-    seen_files: set[str] = set()
-    seen_dirs: set[str] = {os.path.realpath(folder)}
+    seen_dirs, seen_files = seen if seen is not None else (set(), set())
+    seen_dirs.add(os.path.realpath(folder))
     stack = [folder]
     while stack:
         current = stack.pop()

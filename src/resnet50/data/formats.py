@@ -142,8 +142,9 @@ class ImageFolder(Dataset):
                             "give every split the same class folders")
         samples = []
         self.walk_skipped: list[Skipped] = []  # links skipped by the walk (discover.py), reported by the loader
+        seen = ({os.path.realpath(self.root)} | {os.path.realpath(self.root / n) for n in found}, set())
         for name in found:
-            files, skipped = find_images(self.root / name)
+            files, skipped = find_images(self.root / name, seen=seen)
             self.walk_skipped += skipped
             if not files:
                 raise UserError(f"class folder {self.root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
