@@ -8,11 +8,9 @@ prints the median img/s of ``--repeats`` timings of ``--calls`` calls per policy
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

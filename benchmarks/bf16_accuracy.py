@@ -8,18 +8,15 @@ largest fp32 logit. Writes JSON with --json.
 """
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from resnet50.data import build_dataset
-from resnet50.errors import UserError
 from resnet50.backends import available_backends
-from resnet50.data import eval_transform
-from resnet50.infer import create_backend, load_model
+from resnet50.data import build_dataset, eval_transform
+from resnet50.errors import UserError
 from resnet50.files import write_json
+from resnet50.infer import create_backend, load_model
 
 
 def main() -> int:

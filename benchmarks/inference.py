@@ -11,13 +11,12 @@ compiles once per batch size).
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from resnet50.bench import benchmark, format_report
 from resnet50.backends import available_backends
+from resnet50.bench import benchmark, format_report
 from resnet50.files import write_json
 
 

@@ -9,12 +9,10 @@ the two layouts stepped alternately.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet50 import UserError, create_model, weights
+from resnet50 import create_model, weights
 from resnet50.evaluate import Metrics, predict_scores
 from resnet50.recipes import resolve
 from resnet50.train import TrainingDiverged, train

@@ -1,6 +1,5 @@
 import json
 import os
-import pickle
 import subprocess
 import sys
 

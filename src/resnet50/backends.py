@@ -27,6 +27,7 @@ they are listed as available only on CPUs with bf16 instructions; their accuracy
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -151,8 +152,6 @@ class OpenVinoBackend(Backend):
 def available_backends() -> list[str]:
     """The backends whose dependencies are installed (INT8 ones also need an INT8 model); bf16 ones only on CPUs
     with bf16 instructions, where they are fast; ``compile`` only with a working C++ compiler."""
-    import importlib.util
-
     have = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "openvino", "onnx")}
     out = []
     for b in BACKENDS:

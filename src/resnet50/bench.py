@@ -20,19 +20,28 @@ import os
 import platform
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .backends import (
+    BACKENDS,
+    BF16_BACKENDS,
+    FP32_BACKENDS,
+    INT8_BACKENDS,
+    available_backends,
+    compile_problem,
+    physical_cores,
+)
 from .cpu import cpu_info
 from .errors import UserError
-from .backends import (
-    BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, available_backends, compile_problem, physical_cores,
-)
 from .infer import create_backend, load_model, resolve_backend
-from .weights import Checkpoint
+from .quantize import quantize_random
 from .summary import count_params, summarize
+from .weights import Checkpoint
 
 SCHEMA = "resnet50-benchmark/1"
 
@@ -104,8 +113,6 @@ def hardware() -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for pkg in ("onnxruntime", "onnx", "openvino", "numpy", "resnet50"):
         try:
@@ -150,64 +157,26 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
               threads: int | None = None, int8: str | None = None, progress: bool = False, peak_n: int = 2048,
               **options) -> dict:
     """Time each backend at each batch size on one model; see the module docstring for the method."""
-    from tqdm import tqdm
-
     if warmup < 0 or runs < 1:
         raise UserError(f"--runs must be >= 1 and --warmup >= 0 (got {runs}, {warmup})")
     if any(b < 1 for b in batches):
         raise UserError(f"batch sizes must be >= 1, got {list(batches)}")
-    have = available_backends()
-    notes = []
-    if not backends and compile_problem():
-        notes.append(f"compile left out: {compile_problem()}")
-    backends = list(backends) if backends else have
+    notes = [f"compile left out: {compile_problem()}"] if not backends and compile_problem() else []
+    backends = list(backends) if backends else available_backends()
     for b in backends:
         if b not in BACKENDS:
             raise UserError(f"unknown backend {b!r}; choose from: {', '.join(BACKENDS)}")
     threads = threads or physical_cores()
     load_at_start = hardware()["load_average_1_5_15m"]
-    im = load_model(weights, arch, size, **options)
-    if im.model is None:
+    loaded = load_model(weights, arch, size, **options)
+    if loaded.model is None:
         raise UserError("benchmark takes PyTorch weights or --arch (it exports and quantises them itself); "
                         "pass an INT8 .onnx model with --int8")
-    flops = summarize(im.model, im.size)["flops"]
+    flops = summarize(loaded.model, loaded.size)["flops"]
     peak = matmul_peak(peak_n, threads=threads)
     limit = peak["gflops"] * 1e9 / flops
-    default = resolve_backend("auto", im)
-
-    tmp = tempfile.TemporaryDirectory(prefix="resnet50-bench-")
-    int8_model: Checkpoint | None = None
-    inputs = {b: np.random.default_rng(b).standard_normal((b, im.in_chans, im.size, im.size), dtype=np.float32)
-              for b in batches}
-    runners, setup = {}, {}
-    with tmp, tqdm(total=len(backends) * len(batches) * runs, unit="run", desc="benchmark", disable=not progress,
-                   leave=False) as bar:
-        for name in backends:
-            t0 = time.perf_counter()
-            if name in INT8_BACKENDS:
-                if int8_model is None:
-                    int8_model = load_model(int8) if int8 else _random_int8(im, Path(tmp.name))
-                target = int8_model
-            else:
-                target = im
-            runners[name] = create_backend(name, target, threads)
-            setup[name] = {"create": round(time.perf_counter() - t0, 2)}
-            for b, x in inputs.items():
-                first = time.perf_counter()
-                runners[name](x)  # the first call of a shape may compile (torch.compile) or allocate: setup
-                setup[name][f"first_call_batch{b}"] = round(time.perf_counter() - first, 2)
-                for _ in range(warmup):
-                    runners[name](x)
-        # Interleaved: run r times every (backend, batch) once, then run r + 1. On a machine shared with other
-        # jobs the load drifts over minutes; interleaving spreads that drift over every backend alike, so their
-        # ratios stay fair even when the absolute figures move.
-        times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in backends for b in batches}
-        for _ in range(runs):
-            for name in backends:
-                for b, x in inputs.items():
-                    times[(name, b)] += time_backend(runners[name], x, 0, 1)
-                    bar.update(1)
-    runners.clear()
+    default = resolve_backend("auto", loaded)
+    times, setup = time_backends(loaded, backends, batches, warmup, runs, threads, int8, progress)
     results = []
     for name in backends:
         for b in batches:
@@ -218,26 +187,54 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
                 "scenario": "SingleStream" if b == 1 else "Offline", "batch": b, "runs": runs, "warmup": warmup,
                 "latency_ms": lat, "throughput_img_s": thr, "pct_of_limit": 100.0 * thr / limit,
                 # the fastest run: the closest figure to an idle machine when other jobs share the CPU
-                "best_img_s": b * 1e3 / lat["min"],
-                "setup_s": setup[name],
+                "best_img_s": b * 1e3 / lat["min"], "setup_s": setup[name],
             })
-    hw = hardware()
-    hw["load_average_at_start"] = load_at_start
-    return {
-        "schema": SCHEMA,
-        "hardware": hw, "versions": versions(),
-        "model": {"arch": im.arch, "size": im.size, "params": count_params(im.model), "flops_per_image": flops,
-                  "source": im.source},
-        "peak": peak, "limit_img_s": limit, "threads": threads, "default_backend": default,
-        "results": results, "comparisons": comparisons(results, default), "notes": notes,
-    }
+    hw = {**hardware(), "load_average_at_start": load_at_start}
+    model = {"arch": loaded.arch, "size": loaded.size, "params": count_params(loaded.model),
+             "flops_per_image": flops, "source": loaded.source}
+    return {"schema": SCHEMA, "hardware": hw, "versions": versions(), "model": model, "peak": peak,
+            "limit_img_s": limit, "threads": threads, "default_backend": default, "results": results,
+            "comparisons": comparisons(results, default), "notes": notes}
 
 
-def _random_int8(im: Checkpoint, folder: Path) -> Checkpoint:
-    from .quantize import quantize_random
+def time_backends(loaded: Checkpoint, backends: list[str], batches: list[int], warmup: int, runs: int, threads: int,
+                  int8: str | None, progress: bool) -> tuple[dict, dict]:
+    """Per (backend, batch) the seconds of each timed call, and per backend its set-up times.
 
-    path = folder / f"{im.arch}.int8.onnx"
-    quantize_random(im, path)
+    Interleaved: run r times every (backend, batch) once, then run r + 1. On a machine shared with other jobs the
+    load drifts over minutes; interleaving spreads that drift over every backend alike, so their ratios stay fair
+    even when the absolute figures move."""
+    shape = (loaded.in_chans, loaded.size, loaded.size)
+    inputs = {b: np.random.default_rng(b).standard_normal((b, *shape), dtype=np.float32) for b in batches}
+    runners, setup, int8_model = {}, {}, None
+    with tempfile.TemporaryDirectory(prefix="resnet50-bench-") as tmp, \
+            tqdm(total=len(backends) * len(batches) * runs, unit="run", desc="benchmark", disable=not progress,
+                 leave=False) as bar:
+        for name in backends:
+            t0 = time.perf_counter()
+            if name in INT8_BACKENDS and int8_model is None:
+                int8_model = load_model(int8) if int8 else _random_int8(loaded, Path(tmp))
+            runners[name] = create_backend(name, int8_model if name in INT8_BACKENDS else loaded, threads)
+            setup[name] = {"create": round(time.perf_counter() - t0, 2)}
+            for b, x in inputs.items():
+                first = time.perf_counter()
+                runners[name](x)  # the first call of a shape may compile (torch.compile) or allocate: setup
+                setup[name][f"first_call_batch{b}"] = round(time.perf_counter() - first, 2)
+                for _ in range(warmup):
+                    runners[name](x)
+        times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in backends for b in batches}
+        for _ in range(runs):
+            for name in backends:
+                for b, x in inputs.items():
+                    times[(name, b)] += time_backend(runners[name], x, 0, 1)
+                    bar.update(1)
+    return times, setup
+
+
+def _random_int8(loaded: Checkpoint, folder: Path) -> Checkpoint:
+
+    path = folder / f"{loaded.arch}.int8.onnx"
+    quantize_random(loaded, path)
     return load_model(path)
 
 

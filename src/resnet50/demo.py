@@ -47,8 +47,8 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
         path = sample_dir / f"{i:05d}_{ds.classes[label].replace('/', '-').replace(' ', '_')}.png"
         img.save(path)
         files.append(path)
-    im = load_model(best)
-    preds = predict_files(files, im, create_backend("eager", im), k=3)
+    loaded = load_model(best)
+    preds = predict_files(files, loaded, create_backend("eager", loaded), k=3)
     for p in preds:
         top = p.top[0]
         log(f"  {Path(p.file).name:<28} -> {top['label']} ({top['probability']:.1%})")

@@ -1,5 +1,7 @@
 """The one exception type for a user's mistake: the CLI prints its message on one line and exits non-zero."""
 
+import importlib
+
 
 class UserError(ValueError):
     """Bad input from a user (a name, a path, a file, a size). The message names the problem and the fix."""
@@ -18,8 +20,6 @@ OPTIONAL = {
 def require(module: str, purpose: str):
     """Import the optional dependency ``module``, or raise a one-line UserError naming the pip package and the
     extra of this package that installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -50,8 +51,6 @@ class Metrics:
         self.n += labels.shape[0]
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
         packed = torch.cat([self.confusion.flatten().double(),
                             torch.tensor([self.loss_sum, self.top5_hits, self.n], dtype=torch.float64)])
         dist.all_reduce(packed)

@@ -41,9 +41,9 @@ ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 MAX_BATCH = 4096  # the upper bound declared for the dynamic batch dimension
 
 
-def _example(im: Checkpoint, batch: int, seed: int = 0) -> torch.Tensor:
+def _example(loaded: Checkpoint, batch: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, im.in_chans, im.size, im.size, generator=g)
+    return torch.randn(batch, loaded.in_chans, loaded.size, loaded.size, generator=g)
 
 
 @contextlib.contextmanager
@@ -67,28 +67,28 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
-def _torch_model(im: Checkpoint) -> torch.nn.Module:
-    if im.model is None:
-        raise UserError(f"{im.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) "
+def _torch_model(loaded: Checkpoint) -> torch.nn.Module:
+    if loaded.model is None:
+        raise UserError(f"{loaded.onnx_path} is already ONNX; export needs PyTorch weights (.safetensors/.pth/.h5) "
                         "or --arch")
-    return im.model.eval()
+    return loaded.model.eval()
 
 
-def export_onnx(im: Checkpoint, path: Path, opset: int = OPSET) -> Path:
-    """Write ``im`` as ONNX (dynamic batch, metadata_props) to ``path``, atomically."""
+def export_onnx(loaded: Checkpoint, path: Path, opset: int = OPSET) -> Path:
+    """Write ``loaded`` as ONNX (dynamic batch, metadata_props) to ``path``, atomically."""
     require("onnxscript", "ONNX export")
     onnx = require("onnx", "ONNX export")
-    model = _torch_model(im)
+    model = _torch_model(loaded)
     try:
         with _quiet():
-            program = torch.onnx.export(model, (_example(im, TRACE_BATCH),), dynamo=True, opset_version=opset,
+            program = torch.onnx.export(model, (_example(loaded, TRACE_BATCH),), dynamo=True, opset_version=opset,
                                         input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                                         dynamic_shapes=({0: _batch_dim()},), verbose=False)
     except Exception as e:
         raise UserError(f"ONNX export failed: {str(e).splitlines()[0][:200]}") from e
     proto = program.model_proto
     del proto.metadata_props[:]
-    for k, v in im.metadata().items():
+    for k, v in loaded.metadata().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     with atomic_path(path) as tmp:
@@ -96,21 +96,21 @@ def export_onnx(im: Checkpoint, path: Path, opset: int = OPSET) -> Path:
     return path
 
 
-def export_torchscript(im: Checkpoint, path: Path) -> Path:
-    model = _torch_model(im)
+def export_torchscript(loaded: Checkpoint, path: Path) -> Path:
+    model = _torch_model(loaded)
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(model, _example(im, TRACE_BATCH), check_trace=False)  # parity() checks
+        traced = torch.jit.trace(model, _example(loaded, TRACE_BATCH), check_trace=False)  # parity() checks
     with atomic_path(path) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(im.metadata())})
+        torch.jit.save(traced, str(tmp), _extra_files={"metadata.json": json.dumps(loaded.metadata())})
     return path
 
 
-def export_torch_export(im: Checkpoint, path: Path) -> Path:
-    model = _torch_model(im)
+def export_torch_export(loaded: Checkpoint, path: Path) -> Path:
+    model = _torch_model(loaded)
     with _quiet():
-        program = torch.export.export(model, (_example(im, TRACE_BATCH),), dynamic_shapes=({0: _batch_dim()},))
+        program = torch.export.export(model, (_example(loaded, TRACE_BATCH),), dynamic_shapes=({0: _batch_dim()},))
     buf = io.BytesIO()  # torch.export.save wants a name ending in .pt2 or a buffer; the temporary file has neither
-    torch.export.save(program, buf, extra_files={"metadata.json": json.dumps(im.metadata())})
+    torch.export.save(program, buf, extra_files={"metadata.json": json.dumps(loaded.metadata())})
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
     return path
@@ -132,11 +132,11 @@ def load_exported(fmt: str, path: Path):
     return run
 
 
-def parity(im: Checkpoint, run, batch: int = CHECK_BATCH) -> dict:
+def parity(loaded: Checkpoint, run, batch: int = CHECK_BATCH) -> dict:
     """Largest |logit difference| between eager and ``run`` on a random batch of ``batch`` images."""
-    x = _example(im, batch, seed=1)
+    x = _example(loaded, batch, seed=1)
     with torch.inference_mode():
-        want = _torch_model(im)(x).numpy()
+        want = _torch_model(loaded)(x).numpy()
     got = run(x.numpy())
     if got.shape != want.shape:
         return {"batch": batch, "max_abs_diff": None, "tolerance": TOLERANCE, "passed": False,
@@ -147,16 +147,16 @@ def parity(im: Checkpoint, run, batch: int = CHECK_BATCH) -> dict:
     return {"batch": batch, "max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tol, "passed": diff <= tol}
 
 
-def export(im: Checkpoint, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:
-    """Export ``im`` to ``fmt`` and check parity with eager; returns the report (``parity.passed`` is the verdict)."""
+def export(loaded: Checkpoint, fmt: str, out: str | Path | None = None, check: bool = True) -> dict:
+    """Export ``loaded`` to ``fmt`` and check parity with eager; returns the report (``parity.passed`` is the verdict)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    path = output_file(out if out is not None else f"{im.arch}{SUFFIXES[fmt]}")
+    path = output_file(out if out is not None else f"{loaded.arch}{SUFFIXES[fmt]}")
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_torch_export}[fmt]
-    writer(im, path)
-    report = {"format": fmt, "path": str(path), "bytes": path.stat().st_size, "arch": im.arch,
-              "input": [None, im.in_chans, im.size, im.size], "dynamic_batch": True, "trace_batch": TRACE_BATCH,
-              "metadata": im.metadata()}
+    writer(loaded, path)
+    report = {"format": fmt, "path": str(path), "bytes": path.stat().st_size, "arch": loaded.arch,
+              "input": [None, loaded.in_chans, loaded.size, loaded.size], "dynamic_batch": True, "trace_batch": TRACE_BATCH,
+              "metadata": loaded.metadata()}
     if check:
-        report["parity"] = parity(im, load_exported(fmt, path))
+        report["parity"] = parity(loaded, load_exported(fmt, path))
     return report

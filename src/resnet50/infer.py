@@ -23,8 +23,18 @@ import torch
 
 from . import export
 from .backends import (
-    BACKENDS, BF16_BACKENDS, FP32_BACKENDS, INT8_BACKENDS, Backend, CompileBackend, EagerBackend, EagerBf16Backend,
-    OnnxRuntimeBackend, OpenVinoBackend, available_backends, physical_cores,
+    BACKENDS,
+    BF16_BACKENDS,
+    FP32_BACKENDS,
+    INT8_BACKENDS,
+    Backend,
+    CompileBackend,
+    EagerBackend,
+    EagerBf16Backend,
+    OnnxRuntimeBackend,
+    OpenVinoBackend,
+    available_backends,
+    physical_cores,
 )
 from .cpu import has_native_bf16
 from .data.transforms import Preprocessing
@@ -114,70 +124,69 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet50"
 
 
-def onnx_file(im: InferenceModel) -> Path:
-    """The fp32 ONNX file of ``im``: its own when it came as ONNX, else exported once per checkpoint and size and
+def onnx_file(loaded: InferenceModel) -> Path:
+    """The fp32 ONNX file of ``loaded``: its own when it came as ONNX, else exported once per checkpoint and size and
     cached (an export of ResNet-50 takes several seconds), or exported to a temporary file for random weights."""
-    if im.onnx_path is not None:
-        return im.onnx_path
-    if im.weights_id is None:  # random weights: one export per InferenceModel, removed with it
-        if im.exported is None or not im.exported.exists():
+    if loaded.onnx_path is not None:
+        return loaded.onnx_path
+    if loaded.weights_id is None:  # random weights: one export per InferenceModel, removed with it
+        if loaded.exported is None or not loaded.exported.exists():
             tmp = tempfile.mkdtemp(prefix="resnet50-onnx-")
-            weakref.finalize(im, shutil.rmtree, tmp, True)
-            im.exported = Path(tmp) / f"{im.arch}.onnx"
-            export.export_onnx(im, im.exported)
-        return im.exported
-    key = f"{im.weights_id}-{im.size}-torch{torch.__version__}"
-    path = cache_dir() / "onnx" / f"{im.arch}-{key}.onnx"
+            weakref.finalize(loaded, shutil.rmtree, tmp, True)
+            loaded.exported = Path(tmp) / f"{loaded.arch}.onnx"
+            export.export_onnx(loaded, loaded.exported)
+        return loaded.exported
+    key = f"{loaded.weights_id}-{loaded.size}-torch{torch.__version__}"
+    path = cache_dir() / "onnx" / f"{loaded.arch}-{key}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        export.export_onnx(im, path)
+        export.export_onnx(loaded, path)
     return path
 
 
 # --- backends ------------------------------------------------------------------------------------------------
 
-def resolve_backend(name: str, im: InferenceModel) -> str:
+def resolve_backend(name: str, loaded: InferenceModel) -> str:
     """Check ``name`` against the choices and the model; ``auto`` becomes the fastest available."""
     if name == "auto":
-        if im.quantization:
-            return "onnx-int8" if "onnx-int8" in available_backends() else _missing("onnx-int8")
-        if im.onnx_path is not None:
-            return "onnx"
-        return "onnx" if "onnx" in available_backends() else "eager"
+        if loaded.quantization or loaded.onnx_path is not None:
+            name = "onnx-int8" if loaded.quantization else "onnx"
+        else:
+            return "onnx" if "onnx" in available_backends() else "eager"
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose from: auto, {', '.join(BACKENDS)}")
+    if name.startswith(("onnx", "openvino")) and name not in available_backends():
+        extra = "openvino" if name.startswith("openvino") else "onnx"
+        raise UserError(f"the {name} backend needs the optional dependency {extra!r}: pip install "
+                        f"{'openvino' if extra == 'openvino' else 'onnxruntime onnx'} "
+                        f"(or the extra: pip install 'resnet50[{extra}]')")
     if name == "openvino-bf16" and not has_native_bf16():
         raise UserError("openvino-bf16 computes in bf16 only on CPUs with bf16 instructions (AVX512-BF16, AMX), and "
                         "this one has none: use --backend openvino (fp32)")
-    if name in INT8_BACKENDS and not im.quantization:
+    if name in INT8_BACKENDS and not loaded.quantization:
         raise UserError(f"the {name} backend runs an INT8 model: make one with 'resnet50 quantize --weights W "
                         "--calib DIR --out model.int8.onnx' and pass --weights model.int8.onnx")
-    if im.quantization and name not in INT8_BACKENDS:
-        raise UserError(f"{im.onnx_path} is an INT8 model; run it with --backend onnx-int8 or openvino-int8")
-    if im.model is None and name in ("eager", "compile", "eager-bf16"):
-        raise UserError(f"the {name} backend needs PyTorch weights; {im.onnx_path} is ONNX: use --backend onnx "
+    if loaded.quantization and name not in INT8_BACKENDS:
+        raise UserError(f"{loaded.onnx_path} is an INT8 model; run it with --backend onnx-int8 or openvino-int8")
+    if loaded.model is None and name in ("eager", "compile", "eager-bf16"):
+        raise UserError(f"the {name} backend needs PyTorch weights; {loaded.onnx_path} is ONNX: use --backend onnx "
                         "or openvino, or pass the .safetensors checkpoint")
     return name
 
 
-def _missing(name: str):
-    raise UserError(f"the {name} backend needs onnxruntime and onnx: pip install 'resnet50[onnx]'")
-
-
-def create_backend(name: str, im: InferenceModel, threads: int | None = None) -> Backend:
-    """The backend ``name`` (or ``auto``) for ``im``. fp32 ONNX backends export the PyTorch model first (cached)."""
-    name = resolve_backend(name, im)
+def create_backend(name: str, loaded: InferenceModel, threads: int | None = None) -> Backend:
+    """The backend ``name`` (or ``auto``) for ``loaded``; fp32 ONNX backends export the PyTorch model first
+    (cached). Its dependency was checked by :func:`resolve_backend` (installed, not yet imported)."""
+    name = resolve_backend(name, loaded)
     if name == "eager":
-        return EagerBackend(im.model, threads)
+        return EagerBackend(loaded.model, threads)
     if name == "compile":
-        return CompileBackend(im.model, threads)
+        return CompileBackend(loaded.model, threads)
     if name == "eager-bf16":
-        return EagerBf16Backend(im.model, threads)
+        return EagerBf16Backend(loaded.model, threads)
     if name.startswith("onnx"):
-        require("onnxruntime", f"the {name} backend")
-        return OnnxRuntimeBackend(onnx_file(im), name, threads)
-    require("openvino", f"the {name} backend")
-    return OpenVinoBackend(onnx_file(im), name, threads)
+        return OnnxRuntimeBackend(onnx_file(loaded), name, threads)
+    return OpenVinoBackend(onnx_file(loaded), name, threads)
 
 
 # --- outputs ------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
+import torch
+
 from .errors import UserError
 
 
@@ -73,7 +75,5 @@ def class_mapping(dataset_classes: Sequence[str], model_classes: Sequence[str] |
 
 def remap(labels, mapping: Sequence[int]):
     """Dataset labels (a tensor or array of ints) as model class indices."""
-    import torch
-
     table = torch.as_tensor(list(mapping), dtype=torch.int64)
     return table[torch.as_tensor(labels, dtype=torch.int64)]

@@ -25,6 +25,7 @@ networks of section 4.2 are built from the same classes, and ``conv_bias`` / ``b
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -364,8 +365,6 @@ def model_config(name: str, **options) -> ResNetConfig:
     """The resolved config of a named architecture with ``options`` (any ResNetConfig field) overriding."""
     spec = ARCHS.get(name)
     if spec is None:
-        import difflib
-
         close = difflib.get_close_matches(name, ARCHS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown architecture {name!r}{hint}; choose from: {', '.join(ARCHS)}")

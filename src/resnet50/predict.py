@@ -12,7 +12,9 @@ rest of its batch still runs. Decoding runs on a thread pool, overlapping the ba
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import Backend
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
@@ -32,10 +35,10 @@ from .labels import imagenet_synsets_and_names
 from .weights import Checkpoint
 
 
-def class_names(im: Checkpoint) -> list[str] | None:
-    if im.classes:
-        return list(im.classes)
-    if im.num_classes == 1000:
+def class_names(loaded: Checkpoint) -> list[str] | None:
+    if loaded.classes:
+        return list(loaded.classes)
+    if loaded.num_classes == 1000:
         return list(imagenet_synsets_and_names()[1])
     return None
 
@@ -73,12 +76,12 @@ def expand_inputs(specs: Sequence[str | os.PathLike], skipped: list | None = Non
     return files
 
 
-def preprocess(source: bytes | str | os.PathLike, im: Checkpoint, transform: Compose | None = None,
+def preprocess(source: bytes | str | os.PathLike, loaded: Checkpoint, transform: Compose | None = None,
                max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """One image (bytes or a path) -> float32 C x H x W, as the model expects. Raises ImageDecodeError."""
     # Full decoding (no reduced-scale JPEG draft): the same pixels evaluation sees, whose default is the same.
-    img = decode_image(source, im.in_chans, max_pixels=max_pixels, name=name)
-    transform = transform or eval_transform(im.preprocessing, im.in_chans)
+    img = decode_image(source, loaded.in_chans, max_pixels=max_pixels, name=name)
+    transform = transform or eval_transform(loaded.preprocessing, loaded.in_chans)
     return transform(img).numpy()
 
 
@@ -101,21 +104,19 @@ def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list
              for r, (i, p) in enumerate(zip(row_i, row_p))] for row_i, row_p in zip(idx, probs)]
 
 
-def predict_files(files: Sequence[Path], im: Checkpoint, backend: Backend, k: int = 5, batch_size: int = 16,
+def predict_files(files: Sequence[Path], loaded: Checkpoint, backend: Backend, k: int = 5, batch_size: int = 16,
                   max_pixels: int = MAX_PIXELS, progress: bool = False, workers: int = 2) -> list[Prediction]:
     """Top-``k`` predictions for each file, in the order given; failures are Predictions with ``error`` set."""
-    from tqdm import tqdm
-
     if k < 1:
         raise UserError(f"--topk must be >= 1, got {k}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    names = class_names(im)
-    transform = eval_transform(im.preprocessing, im.in_chans)
+    names = class_names(loaded)
+    transform = eval_transform(loaded.preprocessing, loaded.in_chans)
 
     def load(path: Path):
         try:
-            return preprocess(path, im, transform, max_pixels)
+            return preprocess(path, loaded, transform, max_pixels)
         except ImageDecodeError as e:
             return e.reason
 
@@ -143,9 +144,6 @@ def predict_files(files: Sequence[Path], im: Checkpoint, backend: Backend, k: in
 
 def to_csv(results: Sequence[Prediction]) -> str:
     """One row per (file, rank); a failed file is one row with the error and empty prediction fields."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "rank", "index", "label", "probability", "error"])

@@ -31,16 +31,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import OnnxRuntimeBackend
 from .cpu import has_vnni
 from .data.decode import ImageDecodeError
+from .data.transforms import eval_transform
 from .errors import UserError, require
 from .export import ONNX_INPUT
 from .files import atomic_path, output_file
 from .infer import create_backend, load_model, onnx_file
 from .labels import class_mapping, model_class_keys
-from .data.transforms import eval_transform
 from .predict import expand_inputs, preprocess
 from .weights import Checkpoint
 
@@ -54,8 +55,14 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
     ``metadata`` goes into its metadata_props with the quantisation settings added. Returns the settings."""
     require("onnxruntime", "INT8 quantisation")
     onnx = require("onnx", "INT8 quantisation")
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     if method not in CALIB_METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose from: {', '.join(CALIB_METHODS)}")
@@ -101,31 +108,31 @@ def quantize_onnx(fp32: Path, out: Path, batches: Iterable[np.ndarray], metadata
     return settings
 
 
-def _labels(files: Sequence[Path], root: Path, im: Checkpoint) -> list[int] | None:
+def _labels(files: Sequence[Path], root: Path, loaded: Checkpoint) -> list[int] | None:
     """Model class indices from the files' class folders (their parent folder's name, matched by
     ``labels.class_mapping``), or None when the files are not in class folders of the model's classes."""
     if any(f.parent == root for f in files):
         return None
-    names = model_class_keys(im.classes, im.num_classes)
+    names = model_class_keys(loaded.classes, loaded.num_classes)
     folders = sorted({f.parent.name for f in files})
     try:
-        mapping = dict(zip(folders, class_mapping(folders, names, im.num_classes, f"the folders of {root}")))
+        mapping = dict(zip(folders, class_mapping(folders, names, loaded.num_classes, f"the folders of {root}")))
     except UserError:
         return None
     return [mapping[f.parent.name] for f in files]
 
 
-def _arrays(files: Sequence[Path], im: Checkpoint) -> tuple[np.ndarray, list[int], list[str]]:
+def _arrays(files: Sequence[Path], loaded: Checkpoint) -> tuple[np.ndarray, list[int], list[str]]:
     """Preprocessed images, the positions of the files that decoded, and the failures."""
-    transform = eval_transform(im.preprocessing, im.in_chans)
+    transform = eval_transform(loaded.preprocessing, loaded.in_chans)
     arrays, kept, failed = [], [], []
     for i, f in enumerate(files):
         try:
-            arrays.append(preprocess(f, im, transform))
+            arrays.append(preprocess(f, loaded, transform))
             kept.append(i)
         except ImageDecodeError as e:
             failed.append(str(e))
-    shape = (0, im.in_chans, im.size, im.size)
+    shape = (0, loaded.in_chans, loaded.size, loaded.size)
     return (np.stack(arrays) if arrays else np.zeros(shape, np.float32)), kept, failed
 
 
@@ -137,29 +144,17 @@ def _run(backend, x: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate([backend(b) for b in _batched(x, batch)]) if len(x) else np.zeros((0, 0))
 
 
-def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: str | Path | None = None,
-             calib_count: int = 300, method: str = "minmax", reduce_range: bool | None = None,
-             progress: bool = False) -> dict:
-    """Quantise a checkpoint (or fp32 ONNX export) to INT8 with images from ``calib``; report accuracy on
-    ``eval_dir`` (or a held-out fifth of ``calib``) before and after. Returns the report."""
-    from tqdm import tqdm
-
-    if calib_count < 1:
-        raise UserError(f"--calib-count must be >= 1, got {calib_count}")
-    out = output_file(out)
-    if out.suffix != ".onnx":
-        raise UserError(f"the INT8 model is an ONNX file: name the output {out.with_suffix('.onnx')}")
-    im = load_model(weights)
-    if im.quantization:
-        raise UserError(f"{weights} is already quantised; give the fp32 checkpoint or fp32 ONNX export")
+def split_images(calib: str | Path, eval_dir: str | Path | None, calib_count: int
+                 ) -> tuple[Path, list[Path], Path, list[Path]]:
+    """(calibration folder, ``calib_count`` of its images spread evenly, evaluation folder, its images): the
+    evaluation images are ``eval_dir``'s, or every 5th image of ``calib``, then left out of calibration."""
     calib_root = Path(calib)
     if not calib_root.is_dir():
         raise UserError(f"--calib {calib} is not a folder; give a folder of images (class subfolders allowed)")
     files = expand_inputs([calib_root])
     if eval_dir is None:
-        eval_files = files[4::5]  # every 5th file held out; never seen by calibration
+        eval_root, eval_files = calib_root, files[4::5]
         calib_files = [f for i, f in enumerate(files) if i % 5 != 4]
-        eval_root = calib_root
     else:
         eval_root = Path(eval_dir)
         if not eval_root.is_dir():
@@ -169,11 +164,26 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
         raise UserError(f"{calib} has {len(files)} image(s): too few to calibrate and hold out a set; "
                         "give at least 2 (better: a few hundred)")
     pick = np.unique(np.linspace(0, len(calib_files) - 1, min(calib_count, len(calib_files))).round().astype(int))
-    calib_files = [calib_files[i] for i in pick]
+    return calib_root, [calib_files[i] for i in pick], eval_root, eval_files
 
+
+def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: str | Path | None = None,
+             calib_count: int = 300, method: str = "minmax", reduce_range: bool | None = None,
+             progress: bool = False) -> dict:
+    """Quantise a checkpoint (or fp32 ONNX export) to INT8 with images from ``calib``; report accuracy on
+    ``eval_dir`` (or a held-out fifth of ``calib``) before and after. Returns the report."""
+    if calib_count < 1:
+        raise UserError(f"--calib-count must be >= 1, got {calib_count}")
+    out = output_file(out)
+    if out.suffix != ".onnx":
+        raise UserError(f"the INT8 model is an ONNX file: name the output {out.with_suffix('.onnx')}")
+    loaded = load_model(weights)
+    if loaded.quantization:
+        raise UserError(f"{weights} is already quantised; give the fp32 checkpoint or fp32 ONNX export")
+    calib_root, calib_files, eval_root, eval_files = split_images(calib, eval_dir, calib_count)
     t0 = time.perf_counter()
-    fp32 = onnx_file(im)
-    calib_x, _, calib_failed = _arrays(calib_files, im)
+    fp32 = onnx_file(loaded)
+    calib_x, _, calib_failed = _arrays(calib_files, loaded)
     bar = tqdm(total=len(calib_x), unit="img", desc="calibrating", disable=not progress, leave=False)
 
     # MinMax takes any batches; the percentile calibrator stacks every batch's activations into one histogram
@@ -183,17 +193,17 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
             bar.update(len(b))
             yield b
     with bar:
-        settings = quantize_onnx(fp32, out, batches(), im.metadata(), method, reduce_range)
+        settings = quantize_onnx(fp32, out, batches(), loaded.metadata(), method, reduce_range)
     seconds = time.perf_counter() - t0
 
-    eval_x, kept, eval_failed = _arrays(eval_files, im)
-    labels = _labels([eval_files[i] for i in kept], eval_root, im)
-    before = _run(create_backend("onnx", im), eval_x)
+    eval_x, kept, eval_failed = _arrays(eval_files, loaded)
+    labels = _labels([eval_files[i] for i in kept], eval_root, loaded)
+    before = _run(create_backend("onnx", loaded), eval_x)
     after = _run(OnnxRuntimeBackend(out, "onnx-int8"), eval_x)
     p_before, p_after = before.argmax(1), after.argmax(1)
     report = {
         "out": str(out), "bytes": out.stat().st_size, "fp32_bytes": Path(fp32).stat().st_size,
-        "arch": im.arch, "settings": settings, "seconds": round(seconds, 2),
+        "arch": loaded.arch, "settings": settings, "seconds": round(seconds, 2),
         "calibration": {"folder": str(calib_root), "images": len(calib_x), "failed": len(calib_failed)},
         "evaluation": {"folder": str(eval_root), "held_out_from_calib": eval_dir is None, "images": len(kept),
                        "failed": len(eval_failed),
@@ -210,9 +220,9 @@ def quantize(weights: str | Path, calib: str | Path, out: str | Path, eval_dir: 
     return report
 
 
-def quantize_random(im: Checkpoint, out: Path, images: int = 32, seed: int = 0) -> dict:
-    """Quantise ``im`` calibrated on random normal inputs: for speed measurements only (benchmarks of random-weight
+def quantize_random(loaded: Checkpoint, out: Path, images: int = 32, seed: int = 0) -> dict:
+    """Quantise ``loaded`` calibrated on random normal inputs: for speed measurements only (benchmarks of random-weight
     models), never for a model whose accuracy matters."""
-    x = np.random.default_rng(seed).standard_normal((images, im.in_chans, im.size, im.size), dtype=np.float32)
-    return quantize_onnx(onnx_file(im), out, _batched(x, 8), {**im.metadata(), "source": im.source +
+    x = np.random.default_rng(seed).standard_normal((images, loaded.in_chans, loaded.size, loaded.size), dtype=np.float32)
+    return quantize_onnx(onnx_file(loaded), out, _batched(x, 8), {**loaded.metadata(), "source": loaded.source +
                                                              " (INT8 calibrated on random inputs: speed only)"})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -30,8 +31,8 @@ import numpy as np
 
 from .backends import Backend
 from .data.decode import ImageDecodeError, ImageTooLarge
-from .errors import UserError, require
 from .data.transforms import eval_transform
+from .errors import UserError, require
 from .predict import class_names, label_rows, preprocess
 from .weights import Checkpoint
 
@@ -216,7 +217,7 @@ async def _image_bytes(request, body: bytes, limit: int) -> bytes:
     return body
 
 
-def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
+def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     """The Starlette application (the batching thread starts and stops with it)."""
     require("starlette", "resnet50 serve")
     from starlette.applications import Starlette
@@ -224,8 +225,8 @@ def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
     from starlette.routing import Route
 
     metrics = Metrics(cfg.max_batch)
-    names = class_names(im)
-    transform = eval_transform(im.preprocessing, im.in_chans)
+    names = class_names(loaded)
+    transform = eval_transform(loaded.preprocessing, loaded.in_chans)
     body_limit = int(cfg.max_body_mb * 1024 * 1024)
     state: dict = {}
 
@@ -233,7 +234,7 @@ def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
         if not data:
             raise HTTPError(400, "empty body; send the image bytes")
         try:
-            return preprocess(data, im, transform, max_pixels=cfg.max_pixels, name="request body")
+            return preprocess(data, loaded, transform, max_pixels=cfg.max_pixels, name="request body")
         except ImageTooLarge as e:  # refused from the header, before any pixel is decoded
             raise HTTPError(413, f"image of {e.pixels} pixels exceeds --max-pixels {cfg.max_pixels} "
                                  "(decompression bomb guard)") from None
@@ -267,8 +268,8 @@ def create_app(im: Checkpoint, backend: Backend, cfg: ServeConfig):
             metrics.request(status, time.perf_counter() - start)
 
     async def health(request):
-        return JSONResponse({"status": "ok", "arch": im.arch, "classes": im.num_classes, "backend": backend.name,
-                             "input": [im.in_chans, im.size, im.size], "settings": asdict(cfg)})
+        return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes, "backend": backend.name,
+                             "input": [loaded.in_chans, loaded.size, loaded.size], "settings": asdict(cfg)})
 
     async def metrics_endpoint(request):
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -301,21 +302,19 @@ def require_server() -> None:
     require("uvicorn", "resnet50 serve")
 
 
-def serve(im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
+def serve(loaded: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
     require_server()
     import uvicorn
 
-    uvicorn.Server(_uvicorn_config(create_app(im, backend, cfg), cfg, log_level)).run()
+    uvicorn.Server(_uvicorn_config(create_app(loaded, backend, cfg), cfg, log_level)).run()
 
 
 class BackgroundServer:
-    """The server on a thread, for tests and load scripts: ``with BackgroundServer(im, backend, cfg) as s:`` then
+    """The server on a thread, for tests and load scripts: ``with BackgroundServer(loaded, backend, cfg) as s:`` then
     ``s.url``. It binds its own socket first (port 0 picks a free one, no race) and stops on exit."""
 
-    def __init__(self, im: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
-        import socket
-
+    def __init__(self, loaded: Checkpoint, backend: Backend, cfg: ServeConfig, log_level: str = "warning") -> None:
         require_server()
         import uvicorn
 
@@ -324,7 +323,7 @@ class BackgroundServer:
         self.sock.bind((cfg.host, cfg.port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{cfg.host}:{self.port}"
-        self.app = create_app(im, backend, cfg)
+        self.app = create_app(loaded, backend, cfg)
         self.server = uvicorn.Server(_uvicorn_config(self.app, cfg, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -8,6 +8,7 @@ Shapes and MACs come from one forward pass on the meta device (no memory, no ari
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .model import MIN_INPUT_SIZE, BasicBlock, Bottleneck, ResNet
+from .model import MIN_INPUT_SIZE, ResNet, arch_name
 
 METHOD = ("MACs of conv and fc layers (shortcut projections included; BN, ReLU, pooling and additions not "
           "counted); FLOPs = 2 x MACs")
@@ -62,8 +63,6 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     if isinstance(model, ResNet):
         with torch.device("meta"):
             return ResNet(model.cfg).eval()
-    import copy
-
     return copy.deepcopy(model).to("meta").eval()
 
 
@@ -142,7 +141,6 @@ def summarize(model: ResNet, size: int = 224) -> dict:
 
 
 def _arch_label(model: ResNet) -> str:
-    from .model import arch_name
 
     return arch_name(model.cfg) or "custom"
 

@@ -39,7 +39,7 @@ from .files import output_dir, pyplot, save_figure, write_json, write_text
 from .labels import class_mapping
 from .model import ResNet
 from .optim import ModelEMA, build_optimizer, loss_fn, lr_at, mix_batch, soft_targets
-from .recipes import TrainConfig, run_name
+from .recipes import TrainConfig, apply_overrides, run_name
 
 LOG_EVERY = 20  # optimiser steps between reads of the running loss (progress bar, finite check)
 
@@ -281,8 +281,6 @@ def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[TrainConfig
     """The config of the run at ``path`` (a run folder or its last.pt) with ``overrides`` applied and checked,
     and the checkpoint. The run continues in the checkpoint's own folder, wherever it is called from; its data
     may be pointed to again (``--data``) when it has moved."""
-    from .recipes import apply_overrides
-
     state = load_checkpoint(path)
     saved = TrainConfig.from_dict(state["config"])
     # --max-steps and --time-limit stop one invocation: a resumed run goes on to its end unless given them again
@@ -325,8 +323,24 @@ class Run:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.of(self.data.eval_transform)
 
+    started: float = dataclasses.field(default_factory=time.perf_counter)  # when train() was called
+    calibration_start: float = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps this run takes: the time budget's, once fixed, else --epochs' worth."""
+        return self.cfg.run.budget_steps or self.steps_per_epoch * self.cfg.optim.epochs
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
     def lr(self, step: int) -> float:
-        return lr_at(step, self.steps_per_epoch, self.cfg.optim, self.peak_lr)
+        """The schedule runs over the run's steps: --epochs, or the budget's steps once fixed."""
+        o = self.cfg.optim
+        if self.cfg.run.budget_steps:
+            o = dataclasses.replace(o, epochs=self.cfg.run.budget_steps / self.steps_per_epoch)
+        return lr_at(step, self.steps_per_epoch, o, self.peak_lr)
 
     def save_last(self, running: list | None = None) -> None:
         """Write last.pt (rank 0); ``running`` are the current epoch's figures when saved mid-epoch."""
@@ -341,19 +355,29 @@ class Run:
         with weights.atomic_path(self.run_dir / "last.pt") as tmp:
             torch.save(ckpt, tmp)
 
+    def restore(self, checkpoint: dict) -> None:
+        """Continue from ``checkpoint`` (what :meth:`save_last` wrote): weights, optimiser, scaler, EMA, run
+        state, loader position and RNG states."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.state.load_state_dict(checkpoint)
+        self.data.train_loader.load_state_dict(checkpoint["loader"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if self.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
+
     def save_weights(self, name: str, source: str) -> None:
         weights.save(self.run_dir / name, self.eval_model, self.data.classes, self.preprocessing, source)
 
 
-def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
-    """Build the run ``cfg`` describes (or continue ``checkpoint``): process group, data, model, optimiser."""
-    dev_kind = "cuda" if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()) \
-        else "cpu"
-    ddp = setup_distributed(dev_kind)
+def start_process(cfg: TrainConfig) -> tuple[Dist, torch.device]:
+    """This process's place in the job, its device, threads, determinism and seed."""
+    on_gpu = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
+    ddp = setup_distributed("cuda" if on_gpu else "cpu")
     device = pick_device(cfg.run.device, ddp)
-    run_dir = Path(cfg.run.out) / cfg.run.name
-    if ddp.main:
-        output_dir(run_dir, "--out/--name")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     if cfg.run.deterministic:
@@ -363,7 +387,25 @@ def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.run.seed)
+    return ddp, device
 
+
+def wrap(model: ResNet, cfg: TrainConfig, ddp: Dist, device: torch.device) -> nn.Module:
+    """The model as trained: SyncBN, DDP and torch.compile as configured."""
+    if cfg.run.sync_bn and ddp.world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
+    net: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(model) if cfg.run.sync_bn and ddp.world > 1 else model
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.run.compile else net
+
+
+def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
+    """Build the run ``cfg`` describes (or continue ``checkpoint``): process group, data, model, optimiser."""
+    ddp, device = start_process(cfg)
+    run_dir = Path(cfg.run.out) / cfg.run.name
+    if ddp.main:
+        output_dir(run_dir, "--out/--name")
     try:
         data = build_data(cfg, ddp.world)
     except UserError as e:
@@ -371,61 +413,89 @@ def setup(cfg: TrainConfig, checkpoint: dict | None = None, log=print) -> Run:
             raise
         raise UserError(f"{e}; if the run's data has moved, point to it: 'resnet50 train --resume {run_dir} "
                         "--data PATH'") from e
+    if checkpoint is not None and checkpoint.get("classes") not in (None, data.classes):
+        raise UserError(f"the data at {cfg.data.data} has classes {data.classes[:5]}..., the run was trained on "
+                        f"{checkpoint['classes'][:5]}...; point --data at the run's own dataset")
     model = cfg.model.create(num_classes=len(data.classes), in_chans=data.in_chans)
     if data.per_rank_batch == 1 and has_batchnorm(model):
         raise UserError(f"a batch of 1 image per process cannot train BatchNorm (its batch statistics need at least "
                         f"2 values per channel); raise --batch-size to at least {2 * ddp.world}")
-    state = RunState(classes=list(data.classes))
-    if checkpoint is not None and checkpoint.get("classes") not in (None, list(data.classes)):
-        raise UserError(f"the data at {cfg.data.data} has classes {data.classes[:5]}..., the run was trained on "
-                        f"{checkpoint['classes'][:5]}...; point --data at the run's own dataset")
     if cfg.model.init_weights and checkpoint is None:
-        init_from(model, cfg.model.init_weights, list(data.classes), log if ddp.main else (lambda *a: None))
+        init_from(model, cfg.model.init_weights, data.classes, log if ddp.main else (lambda *a: None))
     model = model.to(device, memory_format=torch.channels_last if cfg.run.channels_last else torch.contiguous_format)
-
     o = cfg.optim
-    steps_per_epoch = max(1, data.batches_per_epoch // o.accum_steps)
     peak_lr = o.lr * cfg.data.batch_size * o.accum_steps / 256
-    optimizer = build_optimizer(model, o, peak_lr)
     amp_dtype = autocast_dtype(cfg.run.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEMA(model, cfg.run.ema_decay, cfg.run.ema_every) if cfg.run.ema_decay else None
+    run = Run(cfg, ddp, device, data, model, model, build_optimizer(model, o, peak_lr),
+              torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+              ModelEMA(model, cfg.run.ema_decay, cfg.run.ema_every) if cfg.run.ema_decay else None, amp_dtype,
+              RunState(classes=data.classes), run_dir, max(1, data.batches_per_epoch // o.accum_steps), peak_lr, log)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        state.load_state_dict(checkpoint)
-        data.train_loader.load_state_dict(checkpoint["loader"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
+        run.restore(checkpoint)
+    run.net = wrap(model, cfg, ddp, device)
+    return run
 
-    if cfg.run.sync_bn and ddp.world > 1 and device.type != "cuda":
-        raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
-    if cfg.run.sync_bn and ddp.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
-    if ddp.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.run.compile:
-        net = torch.compile(net)
-    return Run(cfg, ddp, device, data, model, net, optimizer, scaler, ema, amp_dtype, state, run_dir,
-               steps_per_epoch, peak_lr, log)
+
+# --- the time budget -----------------------------------------------------------------------------------------
+
+CALIBRATION = (3, 13)  # optimiser steps: a budgeted run's speed is measured between these two (after warm-up)
+clock = time.perf_counter  # the budget's clock (a test replaces it)
+
+
+def plan_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, eval_s: float,
+                steps_per_epoch: int, eval_every: int, max_steps: int) -> int:
+    """The most optimiser steps T such that the steps still to run and the validations they imply fit in what is
+    left of ``budget_s``: ``(T - step) * step_s + evals(T) * eval_s <= budget_s - elapsed_s``, at most
+    ``max_steps`` (--epochs' worth), at least ``step`` (the steps already taken)."""
+    left = budget_s - elapsed_s
+    best = step
+    for evals in range(1, math.ceil(max_steps / steps_per_epoch) + 1):
+        t = min(max_steps, step + int((left - evals * eval_s) // step_s))
+        if t >= step and math.ceil(math.ceil(t / steps_per_epoch) / eval_every) <= evals:
+            best = max(best, t)
+    return best
+
+
+def calibrate(run: Run, step: int) -> None:
+    """At the first calibration step note the time; at the second measure the step time and fix budget_steps
+    (the same on every process), record it in config.json, and say how long the run will take."""
+    now = clock()
+    if step == CALIBRATION[0]:
+        run.calibration_start = now
+        return
+    step_s = (now - run.calibration_start) / (CALIBRATION[1] - CALIBRATION[0])
+    # evaluation is a forward pass: about a third of a training step per image
+    eval_s = (run.data.val_count or 0) / run.cfg.data.batch_size * step_s / 3
+    steps = plan_budget(run.cfg.run.time_budget * 60, now - run.started, step, step_s, eval_s,
+                        run.steps_per_epoch, run.cfg.run.eval_every, run.steps_per_epoch * run.cfg.optim.epochs)
+    if run.ddp.world > 1:  # rank 0 decides
+        t = torch.tensor([steps], dtype=torch.int64, device=run.device)
+        dist.broadcast(t, 0)
+        steps = int(t)
+    run.cfg.run.budget_steps = steps
+    if run.ddp.main:
+        write_json(run.run_dir / "config.json", run.cfg.to_dict(), indent=2)
+        end = time.strftime("%H:%M", time.localtime(time.time() + run.cfg.run.time_budget * 60 - (now - run.started)))
+        run.log(f"time budget {run.cfg.run.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
+                f"({steps / run.steps_per_epoch:.1f} epochs); training ends about {end} (rerun exactly with "
+                f"--budget-steps {steps})")
 
 
 # --- one epoch -----------------------------------------------------------------------------------------------
 
-class _Running:
-    """The epoch's loss sum, correct count and images seen, kept on the device (no host sync per step)."""
+class EpochMeter:
+    """An epoch's running figures: loss sum, correct count (both on the device: no host sync per step), images
+    seen, skipped samples, and the time spent waiting for data against computing."""
 
     def __init__(self, device: torch.device, saved: list | None) -> None:
-        loss, correct, seen, skipped = (saved or [0.0, 0, 0, 0]) + [0] * (4 - len(saved or [0] * 4))
+        loss, correct, seen, skipped = (list(saved) + [0] * 4)[:4] if saved else (0.0, 0, 0, 0)
         self.loss = torch.tensor(float(loss), dtype=torch.float64, device=device)
         self.correct = torch.tensor(int(correct), dtype=torch.int64, device=device)
-        self.seen, self.skipped = int(seen), int(skipped)
+        self.seen, self.skipped_before = int(seen), int(skipped)
+        self.skipped: list[Skipped] = []
         self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)  # first step with a non-finite loss
+        self.data_s = self.compute_s = 0.0
+        self.start = self.mark = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
         n = labels.shape[0]
@@ -436,13 +506,39 @@ class _Running:
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += n
 
-    def saved(self, skipped_now: int = 0) -> list:
-        return [float(self.loss), int(self.correct), self.seen, self.skipped + skipped_now]
+    def waited(self) -> None:
+        """A batch arrived: the time since the last mark was spent waiting for data."""
+        now = time.perf_counter()
+        self.data_s, self.mark = self.data_s + now - self.mark, now
+
+    def computed(self) -> None:
+        now = time.perf_counter()
+        self.compute_s, self.mark = self.compute_s + now - self.mark, now
+
+    def saved(self) -> list:
+        return [float(self.loss), int(self.correct), self.seen, self.skipped_before + len(self.skipped)]
+
+    def row(self, run: Run, epoch: int, res: int) -> dict:
+        """The epoch's metrics.jsonl row, summed over processes."""
+        stats = torch.tensor([float(self.loss), int(self.correct), self.seen, self.data_s, self.compute_s,
+                              self.skipped_before + len(self.skipped)], dtype=torch.float64)
+        if run.ddp.world > 1:
+            dist.all_reduce(stats)
+        elapsed = time.perf_counter() - self.start
+        loss, correct, seen, data_s, compute_s, skipped = stats.tolist()
+        return {
+            "epoch": epoch + 1, "step": run.state.step, "lr": run.lr(max(run.state.step - 1, 0)), "train_res": res,
+            "train_loss": loss / max(seen, 1), "train_top1": correct / max(seen, 1), "train_images": int(seen),
+            "epoch_s": elapsed, "img_s": seen / max(elapsed, 1e-9),
+            # time waiting for the loader against time computing, summed over processes
+            "data_s": data_s, "compute_s": compute_s, "data_share": data_s / max(data_s + compute_s, 1e-9),
+            "skipped_files": int(skipped),
+        }
 
 
-def check_finite(run: Run, running: _Running, epoch: int) -> None:
+def check_finite(run: Run, meter: EpochMeter, epoch: int) -> None:
     """Stop the run when a loss was NaN or infinite, naming the last good checkpoint (or its absence)."""
-    bad = int(running.bad_step)
+    bad = int(meter.bad_step)
     if bad < 0:
         return
     last = run.run_dir / "last.pt"
@@ -456,83 +552,71 @@ def check_finite(run: Run, running: _Running, epoch: int) -> None:
 def train_one_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict, bool, bool]:
     """Train one epoch (or the rest of one, after a resume); returns its statistics row, whether the run stopped
     early (``--max-steps``) and whether the epoch was completed."""
-    cfg, o, ddp, loader = run.cfg, run.cfg.optim, run.ddp, run.data.train_loader
-    res = train_resolution(epoch, cfg)
+    loader = run.data.train_loader
+    res = train_resolution(epoch, run.cfg)
     run.net.train()
     loader.set_epoch(epoch)
-    running = _Running(run.device, run.state.epoch_stats)
+    meter = EpochMeter(run.device, run.state.epoch_stats)
     run.state.epoch_stats = None
-    remaining = loader.num_batches()
-    initial = loader.state_dict()["consumed"] // loader.batch_size
-    bar = tqdm(total=None if remaining is None else initial + remaining, initial=initial,
-               desc=f"epoch {epoch + 1}/{o.epochs}", unit="batch", disable=not (progress and ddp.main), leave=False)
-    skipped: list[Skipped] = []
-    data_s = compute_s = 0.0
-    t_epoch = t_mark = time.perf_counter()
+    remaining, initial = loader.num_batches(), loader.state_dict()["consumed"] // loader.batch_size
+    bar = tqdm(total=None if remaining is None else initial + remaining, initial=initial, unit="batch",
+               desc=f"epoch {epoch + 1}/{run.epochs}", disable=not (progress and run.ddp.main), leave=False)
     micro, batches, stop = 0, 0, False
     # shards give ranks unequal batch counts: DDP's join lets a rank that runs out shadow the others' all-reduces
-    join = run.net.join() if ddp.world > 1 and loader.iterable and hasattr(run.net, "join") else nullcontext()
-    with join:
+    uneven = run.ddp.world > 1 and loader.iterable and hasattr(run.net, "join")
+    with run.net.join() if uneven else nullcontext():
         for images, labels, bad in loader:
             batches += 1
-            skipped.extend(bad)
-            t_data = time.perf_counter()
-            data_s += t_data - t_mark
-            if labels.numel() < 2 and has_batchnorm(run.model):
-                # BatchNorm cannot train on one image: drop the batch, count it as skipped
-                skipped.extend(Skipped(f"batch at step {run.state.step}", "a batch of one image left after skipping "
-                                       "unreadable files; dropped (BatchNorm needs 2)") for _ in range(labels.numel()))
-                t_mark = time.perf_counter()
+            meter.skipped.extend(bad)
+            meter.waited()
+            if labels.numel() < 2 and has_batchnorm(run.model):  # BatchNorm cannot train on one image: drop it
+                meter.skipped.extend(Skipped(f"a batch at step {run.state.step}", "one image left after skipping "
+                                             "unreadable files; dropped (BatchNorm needs 2)") for _ in labels)
                 continue
-            sync = (micro + 1) % o.accum_steps == 0
-            logits, loss, labels = _forward_backward(run, images, labels, res, sync)
             micro += 1
-            running.add(loss, logits, labels, run.state.step)
+            sync = micro % run.cfg.optim.accum_steps == 0
+            logits, loss, labels = _forward_backward(run, images, labels, res, sync)
+            meter.add(loss, logits, labels, run.state.step)
             if sync:
                 _optimizer_step(run)
-            if run.device.type == "cuda" and sync and run.state.step % LOG_EVERY == 0:
-                torch.cuda.synchronize()  # honest timing at log points only
-            t_mark = time.perf_counter()
-            compute_s += t_mark - t_data
+                stop = _after_step(run, meter, epoch, bar)
+            meter.computed()
             bar.update(1)
-            if sync and run.state.step % LOG_EVERY == 0:
-                check_finite(run, running, epoch)
-                bar.set_postfix(loss=f"{float(running.loss) / max(running.seen, 1):.3f}",
-                                lr=f"{run.lr(run.state.step):.3g}",
-                                img_s=f"{running.seen * ddp.world / (t_mark - t_epoch):.0f}")
-            if sync and cfg.run.checkpoint_every and run.state.step % cfg.run.checkpoint_every == 0:
-                check_finite(run, running, epoch)
-                run.save_last(running.saved(len(skipped)))
-            if sync and cfg.run.max_steps and run.state.step >= cfg.run.max_steps:
-                stop = True
-                break
-            if remaining is not None and batches >= remaining:
-                break  # shards: an epoch is the batch count the schedule was planned with
+            if stop or (remaining is not None and batches >= remaining):
+                break  # --max-steps, or (shards) the batch count the schedule was planned with
     bar.close()
-    check_finite(run, running, epoch)
-    done = not stop or (remaining is not None and batches >= remaining)
+    check_finite(run, meter, epoch)
+    budget_spent = bool(run.cfg.run.budget_steps and run.state.step >= run.cfg.run.budget_steps)
+    done = not stop or budget_spent or (remaining is not None and batches >= remaining)
+    stop = stop and not budget_spent
     if done:
         loader.set_epoch(epoch + 1)
-    running.skipped += len(skipped)
-    stats = torch.tensor([float(running.loss), int(running.correct), running.seen, data_s, compute_s,
-                          running.skipped], dtype=torch.float64)
-    if ddp.world > 1:
-        dist.all_reduce(stats)
-    elapsed = time.perf_counter() - t_epoch
-    row = {
-        "epoch": epoch + 1, "step": run.state.step, "lr": run.lr(max(run.state.step - 1, 0)), "train_res": res,
-        "train_loss": float(stats[0] / max(stats[2], 1)), "train_top1": float(stats[1] / max(stats[2], 1)),
-        "train_images": int(stats[2]), "epoch_s": elapsed, "img_s": float(stats[2]) / max(elapsed, 1e-9),
-        # time waiting for the loader against time computing, summed over processes
-        "data_s": float(stats[3]), "compute_s": float(stats[4]),
-        "data_share": float(stats[3] / max(stats[3] + stats[4], 1e-9)), "skipped_files": int(stats[5]),
-    }
-    if skipped and ddp.main:
-        run.log(f"epoch {epoch + 1}: skipped {int(stats[5])} file(s), e.g. {skipped[0].path}: {skipped[0].reason}")
+    row = meter.row(run, epoch, res)
+    if meter.skipped and run.ddp.main:
+        s = meter.skipped[0]
+        run.log(f"epoch {epoch + 1}: skipped {row['skipped_files']} sample(s), e.g. {s.path}: {s.reason}")
     if not done:
         row["partial"] = True  # replaced by the whole epoch's row when the run is resumed
-        run.state.epoch_stats = running.saved()
+        run.state.epoch_stats = meter.saved()
     return row, stop, done
+
+
+def _after_step(run: Run, meter: EpochMeter, epoch: int, bar) -> bool:
+    """Every LOG_EVERY optimiser steps read the running figures (the only host sync); fix a time budget's steps;
+    write mid-epoch checkpoints; returns whether ``--max-steps`` is reached."""
+    step, r = run.state.step, run.cfg.run
+    if r.time_budget and not r.budget_steps and step in CALIBRATION:
+        calibrate(run, step)
+    if step % LOG_EVERY == 0:
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()  # honest timing at log points only
+        check_finite(run, meter, epoch)
+        bar.set_postfix(loss=f"{float(meter.loss) / max(meter.seen, 1):.3f}", lr=f"{run.lr(step):.3g}",
+                        img_s=f"{meter.seen * run.ddp.world / (time.perf_counter() - meter.start):.0f}")
+    if r.checkpoint_every and step % r.checkpoint_every == 0:
+        check_finite(run, meter, epoch)
+        run.save_last(meter.saved())
+    return bool(r.max_steps and step >= r.max_steps) or bool(r.budget_steps and step >= r.budget_steps)
 
 
 def _forward_backward(run: Run, images, labels, res: int, sync: bool):
@@ -594,7 +678,7 @@ def record(run: Run, row: dict) -> None:
         write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
         plot_curves(run.run_dir / "curves.png", hist)
         val_txt = f", val top-1 {row['val_top1']:.2%}" if "val_top1" in row else ""
-        run.log(f"epoch {row['epoch']}/{run.cfg.optim.epochs}: train loss {row['train_loss']:.4f}{val_txt}, "
+        run.log(f"epoch {row['epoch']}/{run.epochs}: train loss {row['train_loss']:.4f}{val_txt}, "
                 f"{row['img_s']:.0f} img/s, data {row['data_share']:.0%} of the time")
 
 
@@ -618,6 +702,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
     """Train per ``cfg``, or continue a run (``resume``: its folder, its last.pt, or the checkpoint dict that
     :func:`resume_config` returned). Returns the last epoch's metrics with ``run_dir``, ``best_val_top1`` and the
     whole ``history`` (one row per epoch)."""
+    started = clock()
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None:
         check_resume_config(checkpoint["config"], cfg)
@@ -626,13 +711,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
     if checkpoint is None and cfg.data.data != "embedded" and Path(cfg.data.data).exists():
         cfg.data.data = str(Path(cfg.data.data).resolve())  # the run folder can be resumed from anywhere
     run = setup(cfg, checkpoint, log)
+    run.started = started
     if run.ddp.main:
         write_json(run.run_dir / "config.json", cfg.to_dict(), indent=2)
         log(describe(run))
     t_start = time.perf_counter()
-    for epoch in range(run.state.epoch, cfg.optim.epochs):
+    epoch = run.state.epoch
+    while epoch < run.epochs:  # a time budget fixes run.epochs during the first epoch
         row, stopped, done = train_one_epoch(run, epoch, progress)
-        if (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == cfg.optim.epochs or stopped:
+        last_epoch = epoch + 1 >= run.epochs
+        if (epoch + 1) % cfg.run.eval_every == 0 or last_epoch or stopped:
             evaluate_and_save(run, epoch, row, progress)
         row["elapsed_s"] = time.perf_counter() - t_start
         record(run, row)
@@ -640,17 +728,18 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
             run.state.epoch = epoch + 1
         run.save_last(None if done else run.state.epoch_stats)
         out_of_time = cfg.run.time_limit and time.perf_counter() - t_start > cfg.run.time_limit * 60
-        if stopped or (out_of_time and epoch + 1 < cfg.optim.epochs):
+        if stopped or (out_of_time and not last_epoch):
             if out_of_time and run.ddp.main:
                 log(f"time limit of {cfg.run.time_limit} min reached after epoch {epoch + 1}; stopping")
             break
+        epoch += 1
     if run.ddp.main:
         run.save_weights("final.safetensors", f"resnet50 train {cfg.recipe} step {run.state.step}")
     if run.ddp.world > 1:
         dist.barrier()
     last = run.state.history[-1] if run.state.history else {}
     return {**last, "run_dir": str(run.run_dir), "best_val_top1": run.state.best,
-            "total_steps": run.steps_per_epoch * cfg.optim.epochs, "history": list(run.state.history)}
+            "total_steps": run.total_steps, "history": list(run.state.history)}
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:

@@ -18,13 +18,18 @@ Every write is atomic: a temporary file in the same folder, flushed, then rename
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .data.transforms import Preprocessing
@@ -105,8 +110,6 @@ def is_ours(meta: dict) -> bool:
 def save(path: str | os.PathLike, model: ResNet, classes: list[str] | None = None,
          preprocessing: Preprocessing | None = None, source: str = "") -> None:
     """Write ``model`` as safetensors with the metadata that rebuilds it (atomically)."""
-    from safetensors.torch import save_file
-
     if classes is not None and model.cfg.num_classes and len(classes) != model.cfg.num_classes:
         raise UserError(f"{len(classes)} class names given for a model with {model.cfg.num_classes} classes")
     meta = Checkpoint(model, arch_name(model.cfg) or "custom", classes, preprocessing or Preprocessing(),
@@ -182,8 +185,6 @@ def _existing(path: str | os.PathLike) -> Path:
 # --- reading tensors -----------------------------------------------------------------------------------------
 
 def read_safetensors(path: Path) -> tuple[dict, dict[str, Tensor]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -205,15 +206,11 @@ _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", 
 def _safe_globals() -> list:
     """Plain-data classes that common training scripts pickle beside the weights and that load without running
     code: torchvision's and timm's train.py store their ``args`` as an ``argparse.Namespace``."""
-    import argparse
-
     return [argparse.Namespace]
 
 
 def read_torch(path: Path) -> dict[str, Tensor]:
     """A state dict from a PyTorch pickle, loaded with ``weights_only=True`` (a file that carries code is refused)."""
-    import pickle
-
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -429,8 +426,6 @@ def _name_keras3_layers(layers: dict[str, list]) -> dict[str, list]:
 
 def import_keras(path: str | os.PathLike) -> Checkpoint:
     """Keras applications ResNet50/101/152 weights -> our v1 model with Keras' options, RGB input."""
-    import numpy as np
-
     path = _existing(path)
     layers = read_keras_h5(path)
     if "conv1_conv" not in layers:

@@ -4,14 +4,17 @@ and ``run(args) -> int`` (a thin call into one library module); this file only d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import importlib
 import json
 import os
 import sys
 
+from .. import __version__
 from ..errors import UserError
 from ..model import VARIANTS
+from ..recipes import SECTIONS, flat_fields
 
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -20,8 +23,6 @@ COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "experi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(prog="resnet50", description="The ResNet-50 toolkit (He et al., 2015).")
     parser.add_argument("--version", action="version", version=f"resnet50 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -66,10 +67,6 @@ def model_options(args) -> dict:
 def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field (``--lr``, ``--batch-size``, ...), for every command that trains; fields in
     ``skip`` are left to the command's own flags. Unset flags are None: the recipe's value stands."""
-    import dataclasses
-
-    from ..recipes import SECTIONS
-
     for sec, typ in SECTIONS.items():
         g = p.add_argument_group(f"{sec} options")
         for f in dataclasses.fields(typ):
@@ -82,8 +79,6 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
 def config_overrides(args, skip: tuple[str, ...] = ()) -> dict:
     """The TrainConfig fields given on the command line, by field name."""
-    from ..recipes import flat_fields
-
     return {k: getattr(args, k) for k in flat_fields() if k not in skip and getattr(args, k, None) is not None}
 
 

@@ -2,6 +2,7 @@
 
 from dataclasses import asdict
 
+from ..errors import UserError
 from ..model import VARIANTS
 from ..weights import convert
 from . import print_json
@@ -25,8 +26,6 @@ def register(sub) -> None:
 def run(args) -> int:
     classes = None
     if args.classes:
-        from ..errors import UserError
-
         try:
             with open(args.classes, encoding="utf-8") as f:
                 classes = [line.strip() for line in f if line.strip()]

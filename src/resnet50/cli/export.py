@@ -19,14 +19,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    im = load_model(args.weights, args.arch, args.size, **model_options(args))
-    report = export(im, args.format, args.out, check=args.check)
+    loaded = load_model(args.weights, args.arch, args.size, **model_options(args))
+    report = export(loaded, args.format, args.out, check=args.check)
     par = report.get("parity")
     if args.json:
         print_json(report)
     else:
         print(f"wrote {report['path']} ({report['format']}, {report['bytes'] / 1e6:.1f} MB, input "
-              f"N x {im.in_chans} x {im.size} x {im.size}, dynamic batch)")
+              f"N x {loaded.in_chans} x {loaded.size} x {loaded.size}, dynamic batch)")
         if par:
             diff = "n/a" if par["max_abs_diff"] is None else f"{par['max_abs_diff']:.2e}"
             print(f"parity vs eager at batch {par['batch']} (traced at {report['trace_batch']}): max |diff| {diff} "

@@ -2,8 +2,8 @@
 
 import sys
 
-from ..data.decode import MAX_PIXELS
 from ..backends import BACKENDS
+from ..data.decode import MAX_PIXELS
 from ..infer import create_backend, load_model
 from ..predict import expand_inputs, predict_files, to_csv, to_text
 from . import print_json
@@ -31,12 +31,12 @@ def run(args) -> int:
     files = expand_inputs(args.inputs, links)
     for s in links:
         print(f"resnet50 predict: note: {s.path}: {s.reason}", file=sys.stderr)
-    im = load_model(args.weights)
-    backend = create_backend(args.backend, im, args.threads)
-    results = predict_files(files, im, backend, args.topk, args.batch_size, args.max_pixels, progress=True)
+    loaded = load_model(args.weights)
+    backend = create_backend(args.backend, loaded, args.threads)
+    results = predict_files(files, loaded, backend, args.topk, args.batch_size, args.max_pixels, progress=True)
     failed = sum(r.error is not None for r in results)
     if args.json:
-        print_json({"backend": backend.name, "weights": args.weights, "arch": im.arch,
+        print_json({"backend": backend.name, "weights": args.weights, "arch": loaded.arch,
                     "files": len(results), "failed": failed, "results": [r.to_dict() for r in results]})
     elif args.csv:
         sys.stdout.write(to_csv(results))

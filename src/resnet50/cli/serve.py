@@ -6,6 +6,7 @@ import sys
 from ..backends import BACKENDS
 from ..infer import create_backend, load_model
 from ..serve import ServeConfig, require_server, serve
+from . import print_json
 
 
 def register(sub) -> None:
@@ -37,18 +38,17 @@ def run(args) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     require_server()
-    im = load_model(args.weights)
-    backend = create_backend(args.backend, im, args.threads)
-    info = {"url": f"http://{args.host}:{args.port}", "backend": backend.name, "arch": im.arch,
+    loaded = load_model(args.weights)
+    backend = create_backend(args.backend, loaded, args.threads)
+    info = {"url": f"http://{args.host}:{args.port}", "backend": backend.name, "arch": loaded.arch,
             "weights": args.weights, "loopback_only": loopback}
     if args.json:
-        from . import print_json
         print_json(info)
         sys.stdout.flush()
     else:
-        print(f"serving {im.arch} ({backend.name}) on {info['url']}: POST /predict, GET /health, GET /metrics",
+        print(f"serving {loaded.arch} ({backend.name}) on {info['url']}: POST /predict, GET /health, GET /metrics",
               file=sys.stderr)
     if not loopback:
         print(f"resnet50 serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    serve(im, backend, cfg)
+    serve(loaded, backend, cfg)
     return 0

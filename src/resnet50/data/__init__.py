@@ -17,14 +17,41 @@ This package knows nothing of the model, the training loop or the CLI. The whole
 
 from .decode import MAX_PIXELS, ImageDecodeError, Skipped, decode_image, to_mode
 from .formats import (
-    EMBEDDED, FASHION_MNIST_CLASSES, SPLITS, ArrayDataset, CifarDataset, IdxDataset, ImageFolder,
-    build_dataset, detect_format, embedded_dataset, holdout_split, load_pickle, read_idx,
+    EMBEDDED,
+    FASHION_MNIST_CLASSES,
+    SPLITS,
+    ArrayDataset,
+    CifarDataset,
+    IdxDataset,
+    ImageFolder,
+    build_dataset,
+    detect_format,
+    embedded_dataset,
+    holdout_split,
+    load_pickle,
+    read_idx,
 )
 from .loader import Batch, Loader, ResumableSampler, build_loader, collate
 from .transforms import (
-    CIFAR10, CIFAR100, FASHION_MNIST, IMAGENET, CenterCrop, Compose, Normalize, Preprocessing, RandomCrop,
-    RandomHorizontalFlip, RandomResizedCrop, Resize, TenCrop, ToTensor, TransformConfig, build_transform,
-    default_transform_config, eval_transform, hflip,
+    CIFAR10,
+    CIFAR100,
+    FASHION_MNIST,
+    IMAGENET,
+    CenterCrop,
+    Compose,
+    Normalize,
+    Preprocessing,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    TenCrop,
+    ToTensor,
+    TransformConfig,
+    build_transform,
+    default_transform_config,
+    eval_transform,
+    hflip,
 )
 from .webdataset import WebDataset, expand_braces, expand_urls
 

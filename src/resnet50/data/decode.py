@@ -132,8 +132,8 @@ def decode_image(
     except Image.UnidentifiedImageError:
         # Pillow's message names the file object it read from (<_io.BytesIO object at 0x...>): say it ourselves
         size = len(source) if isinstance(source, bytes) else _size_of(source)
-        what = "empty (0 bytes)" if size == 0 else "not an image format Pillow can read"
-        raise ImageDecodeError(label, what) from None
+        what = "empty (0 bytes)" if size == 0 else "not an image format Pillow reads"
+        raise ImageDecodeError(label, f"cannot identify image file: {what}") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
         # OSError covers a missing or unreadable file, "image file is truncated" and unknown formats.
         raise ImageDecodeError(label, str(e) or type(e).__name__) from None

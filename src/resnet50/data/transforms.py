@@ -33,8 +33,15 @@ from torch import Tensor
 from ..errors import UserError
 from .augment import RandomErasing, build_auto_augment
 from .stats import (
-    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN,
-    IMAGENET_STD, stats_for,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    stats_for,
 )
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]

@@ -1,0 +1,71 @@
+"""Time-budgeted training: the plan, steps fixed after calibration, the schedule over the budget, exact resume.
+The budget's clock is replaced by one that ticks 1 s a reading, so the planned steps do not depend on the load."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+import resnet50.train as tr
+from resnet50 import weights
+from resnet50.optim import lr_at
+from resnet50.recipes import OptimSpec, resolve
+from resnet50.train import CALIBRATION, plan_budget, train
+
+from .helpers import make_idx_dataset
+
+TINY = dict(arch="resnet20_cifar", image_size=32, crop_pct=0.0, batch_size=8, workers=0, lr=0.03, schedule="linear",
+            warmup_epochs=4.0, channels_last=False, deterministic=True)  # warm-up (16 steps) covers calibration
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_idx_dataset(tmp_path_factory.mktemp("idx"), n_train=40)  # 36 train images: 4 steps an epoch
+
+
+@pytest.fixture
+def ticking(monkeypatch):
+    ticks = itertools.count()
+    monkeypatch.setattr(tr, "clock", lambda: float(next(ticks)))  # start 0, calibration 1 and 2: 0.1 s a step
+
+
+def cfg(data, out, name, **kw):
+    return resolve("demo", {**TINY, "data": str(data), "out": str(out), "name": name, "epochs": 20, **kw})
+
+
+def test_plan_fits_steps_and_validations_in_the_budget():
+    # 100 s left, 0.5 s a step, a 5 s validation per epoch of 20 steps: 150 steps (8 validations) need 70 + 40 s;
+    # 140 steps (7 validations) take 65 + 35 = 100 s
+    t = plan_budget(budget_s=110, elapsed_s=10, step=10, step_s=0.5, eval_s=5, steps_per_epoch=20, eval_every=1,
+                    max_steps=10_000)
+    assert t == 140 and (t - 10) * 0.5 + 7 * 5 <= 100
+    assert plan_budget(110, 10, 10, 0.5, 5, 20, 1, max_steps=60) == 60  # --epochs caps the budget
+    assert plan_budget(10, 10, 10, 0.5, 5, 20, 1, 10_000) == 10  # nothing left: stop where it is
+
+
+def test_steps_are_fixed_after_calibration_and_the_schedule_runs_over_them(data, tmp_path, ticking):
+    res = train(cfg(data, tmp_path, "b", time_budget=0.1), **QUIET)  # 6 s: 2 s gone, 4 s of 0.1 s steps
+    steps = json.loads((tmp_path / "b" / "config.json").read_text())["run"]["budget_steps"]
+    # eval 4 images / batch 8 * 0.1 / 3 s per epoch; the most steps T with (T - 13) * 0.1 + ceil(T / 4) * 0.0167 <= 4
+    assert steps == plan_budget(6, 2, CALIBRATION[1], 0.1, 4 / 8 * 0.1 / 3, 4, 1, 80) == 50
+    assert res["step"] == res["total_steps"] == steps and res["epoch"] == 13  # 50 steps: 12 epochs and 2 steps
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == steps
+    o = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=20)
+    budget = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=steps / 4)
+    assert lr_at(steps, 4, budget, 1.0) == 0.0 and lr_at(steps, 4, o, 1.0) > 0.3  # linear to zero at the budget
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr"] == pytest.approx(lr_at(steps - 1, 4, budget, 0.03 * 8 / 256))
+
+
+def test_a_budgeted_run_resumes_exactly(data, tmp_path, ticking):
+    train(cfg(data, tmp_path, "cut", time_budget=0.1, max_steps=CALIBRATION[1] + 3), **QUIET)
+    steps = json.loads((tmp_path / "cut" / "config.json").read_text())["run"]["budget_steps"]
+    assert steps == 50
+    cut, state = tr.resume_config(tmp_path / "cut", {})
+    train(cut, resume=state, **QUIET)
+    train(cfg(data, tmp_path, "ref", budget_steps=steps), **QUIET)
+    a = weights.load(tmp_path / "cut" / "final.safetensors").model.state_dict()
+    b = weights.load(tmp_path / "ref" / "final.safetensors").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
