@@ -124,6 +124,8 @@ def test_class_mapping_rules():
     assert class_mapping(["0", "2"], ["a", "b", "c"], 3) == [0, 2]
     assert class_mapping(["b", "1"], ["a", "b", "c"], 3) == [1, 1]
     assert class_mapping(["x", "y"], None, 2) == [0, 1]
+    fmnist = ["T-shirt/top", "Trouser", "Ankle boot"]
+    assert class_mapping(["Ankle_boot", "T-shirt-top", "trouser"], fmnist, 3) == [2, 0, 1]  # as folders spell them
     with pytest.raises(UserError, match="the model has 3 classes, the dataset 2"):
         class_mapping(["x", "y"], None, 3)
     with pytest.raises(UserError, match="does not know: 'z'"):

@@ -5,7 +5,9 @@ model numbers them in the order it was trained with (Fashion-MNIST's own order p
 by position would silently scramble every per-class figure. Every command that compares a model's outputs with
 dataset labels (evaluate, quantize, fine-tuning from ``--init-weights``) maps them here:
 
-- by name, when every dataset class is one of the model's classes;
+- by name, when every dataset class is one of the model's classes; a folder cannot hold "/" and people write
+  "Ankle_boot" for "Ankle boot", so names also match after folding case, spaces, "_", "-" and "/" together
+  ("T-shirt-top" is "T-shirt/top"), when that leaves no two classes alike;
 - by index, when the dataset's class names are the integers 0..K-1 (folders named by class index);
 - by position, when the model has no class names (only when the counts agree, else an error);
 - otherwise a one-line error that lists both sets.
@@ -13,6 +15,7 @@ dataset labels (evaluate, quantize, fine-tuning from ``--init-weights``) maps th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
@@ -57,20 +60,31 @@ def class_mapping(dataset_classes: Sequence[str], model_classes: Sequence[str] |
         raise UserError(f"the model has {num_model_classes} classes, the dataset {len(data)} ({where}), and no class "
                         "names to match them by; evaluate on the dataset the model was trained for")
     index = {n: i for i, n in enumerate(names or ())}
+    folded: dict[str, int] = {}
+    for n, i in index.items():
+        folded[fold(n)] = -1 if fold(n) in folded else i  # -1: two classes fold alike, so folding cannot decide
     mapping = []
     for c in data:  # a name wins over an index: a class may be called "3"
         if c in index:
             mapping.append(index[c])
+        elif folded.get(fold(c), -1) >= 0:
+            mapping.append(folded[fold(c)])
         elif c.isdigit() and int(c) < num_model_classes:
             mapping.append(int(c))
         elif names is None:
             return list(range(len(data)))  # unnamed model, unnamed-by-index data of the same size: by position
         else:
-            unknown = [x for x in data if x not in index and not (x.isdigit() and int(x) < num_model_classes)]
+            unknown = [x for x in data if x not in index and folded.get(fold(x), -1) < 0
+                       and not (x.isdigit() and int(x) < num_model_classes)]
             raise UserError(f"{where} has classes the model does not know: {_few(unknown)}; the model's classes "
                             f"are {_few(names)}; name the class folders after them (or by index "
                             f"0..{num_model_classes - 1})")
     return mapping
+
+
+def fold(name: str) -> str:
+    """A class name as a folder may spell it: lower case, runs of spaces, "_", "-", "/" and "\\" as one "-"."""
+    return re.sub(r"[\s_/\\-]+", "-", name.strip().lower())
 
 
 def remap(labels, mapping: Sequence[int]):
