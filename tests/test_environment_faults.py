@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from resnet50 import UserError, create_model, weights
-from resnet50.data import Preprocessing, build_dataset, decode_image, read_idx
+from resnet50 import UserError
+from resnet50.data import build_dataset, decode_image, read_idx
 from resnet50.data.discover import find_images
 
 from .helpers import make_idx_dataset
@@ -52,12 +51,8 @@ def rgb_folder(root: Path, per_class: int = 6) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    weights.save(root / "m.safetensors", create_model("resnet18", num_classes=3), ["red", "green", "blue"],
-                 Preprocessing(36, 32))
-    return root / "m.safetensors"
+def ckpt(rgb_checkpoint):
+    return rgb_checkpoint
 
 
 TINY = ["--arch", "resnet18", "--image-size", 32, "--crop-pct", 1.0, "--workers", 0, "--no-progress", "--lr", 0.01]

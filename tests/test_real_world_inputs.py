@@ -135,11 +135,9 @@ def test_class_mapping_rules():
 # --- 3: flags that contradict the file ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def r18(tmp_path_factory):
-    root = tmp_path_factory.mktemp("r18")
-    torch.manual_seed(0)
-    weights.save(root / "ours.safetensors", create_model("resnet18", num_classes=3), ["red", "green", "blue"],
-                 Preprocessing(36, 32))
+def r18(rgb_checkpoint):
+    """Our 3-class checkpoint (ours.safetensors) and a torchvision-layout 10-class state dict (tv.pth) beside it."""
+    root = rgb_checkpoint.parent
     torch.save(create_model("resnet18", num_classes=10).state_dict(), root / "tv.pth")
     return root
 
