@@ -4,6 +4,8 @@ names, bad files among good ones, JSON/CSV output, CLI errors."""
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -208,3 +210,27 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, images, capsys, args, message)
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("resnet50 predict: error: ") and message in err
+
+
+def test_predict_cam_writes_overlays_and_boxes_in_image_pixels(tmp_path):
+    from resnet50.predict import crop_to_image
+
+    pre = Preprocessing(resize=64, crop=64)
+    # a 90 x 60 image: resized to 96 x 64, the centre crop starts at x = 16; the whole crop is x 16..80 of the
+    # resized image, i.e. x 15..75 of the original (scale 64 / 60)
+    assert crop_to_image([0, 0, 64, 64], (90, 60), pre) == [15.0, 0.0, 60.0, 60.0]
+    a = np.zeros((60, 90, 3), np.uint8)
+    a[10:40, 50:80] = (250, 40, 40)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    save(tmp_path / "m.safetensors", create_model("resnet18", num_classes=3), ["red", "green", "blue"], pre)
+    out = subprocess.run([sys.executable, "-m", "resnet50", "predict", str(tmp_path / "x.png"), "--weights",
+                          str(tmp_path / "m.safetensors"), "--backend", "eager", "--cam", str(tmp_path / "cams"),
+                          "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)["results"][0]
+    assert r["cam"]["class"] == r["predictions"][0]["label"] and r["cam"]["score"] == pytest.approx(
+        r["predictions"][0]["probability"], abs=1e-4)
+    x, y, w, h = r["cam"]["box"]
+    assert 0 <= x and 0 <= y and x + w <= 90.5 and y + h <= 60.5 and w > 0 and h > 0
+    picture = Image.open(r["cam"]["overlay"])
+    assert picture.mode == "RGB" and min(picture.size) >= 256

@@ -155,14 +155,14 @@ def resolve_backend(name: str, loaded: InferenceModel) -> str:
             return "onnx" if "onnx" in available_backends() else "eager"
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose from: auto, {', '.join(BACKENDS)}")
+    if name == "openvino-bf16" and not has_native_bf16():
+        raise UserError("openvino-bf16 computes in bf16 only on CPUs with bf16 instructions (AVX512-BF16, AMX), and "
+                        "this one has none: use --backend openvino (fp32)")
     if name.startswith(("onnx", "openvino")) and name not in available_backends():
         extra = "openvino" if name.startswith("openvino") else "onnx"
         raise UserError(f"the {name} backend needs the optional dependency {extra!r}: pip install "
                         f"{'openvino' if extra == 'openvino' else 'onnxruntime onnx'} "
                         f"(or the extra: pip install 'resnet50[{extra}]')")
-    if name == "openvino-bf16" and not has_native_bf16():
-        raise UserError("openvino-bf16 computes in bf16 only on CPUs with bf16 instructions (AVX512-BF16, AMX), and "
-                        "this one has none: use --backend openvino (fp32)")
     if name in INT8_BACKENDS and not loaded.quantization:
         raise UserError(f"the {name} backend runs an INT8 model: make one with 'resnet50 quantize --weights W "
                         "--calib DIR --out model.int8.onnx' and pass --weights model.int8.onnx")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .backends import Backend
@@ -30,6 +31,8 @@ from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_
 from .data.discover import find_images, is_hidden
 from .data.transforms import Compose, eval_transform
 from .errors import UserError
+from .cam import cam, draw_overlay
+from .files import atomic_path, output_dir
 from .infer import topk
 from .labels import imagenet_synsets_and_names
 from .weights import Checkpoint
@@ -92,10 +95,12 @@ class Prediction:
     file: str
     top: list[dict] | None = None  # [{"rank", "index", "label", "probability"}], highest first
     error: str | None = None
+    cam: dict | None = None  # with --cam: the class activation map's box and overlay (add_cams)
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "predictions": self.top} if self.error is None else \
-            {"file": self.file, "error": self.error}
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "predictions": self.top, **({"cam": self.cam} if self.cam else {})}
 
 
 def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
@@ -142,6 +147,55 @@ def predict_files(files: Sequence[Path], loaded: Checkpoint, backend: Backend, k
     return out
 
 
+def crop_to_image(box: Sequence[float], size: tuple[int, int], pre) -> list[float]:
+    """A box ``[x, y, w, h]`` in the model's input (the centre crop of the resized image) in the original image's
+    pixels: undo the centre crop, then the resize of the shorter side to ``pre.resize``."""
+    w, h = size
+    scale = pre.resize / min(w, h)
+    rw, rh = round(w * scale), round(h * scale)
+    left, top = (rw - pre.crop) // 2, (rh - pre.crop) // 2
+    x, y, bw, bh = box
+    return [round((x + left) / scale, 1), round((y + top) / scale, 1), round(bw / scale, 1), round(bh / scale, 1)]
+
+
+def check_cam(loaded: Checkpoint, out_dir: str | os.PathLike) -> Path:
+    """Before any work: CAM needs the PyTorch network, and a folder for its pictures."""
+    if loaded.model is None:
+        raise UserError("--cam needs PyTorch weights (the maps are computed from the network's last stage and "
+                        "classifier); pass the .safetensors checkpoint, not an ONNX model")
+    return output_dir(out_dir, "--cam")
+
+
+def add_cams(results: list[Prediction], loaded: Checkpoint, out_dir: str | os.PathLike, batch_size: int = 16,
+             max_pixels: int = MAX_PIXELS) -> Path:
+    """Class activation maps (Zhou et al. 2016; ``resnet50.cam``) of the predicted class of every readable file:
+    an overlay PNG each in ``out_dir`` (heatmap, box, label and score, on the image as the model saw it) and, in
+    each result's ``cam``, the box by the CAM paper's rule in input pixels and in the original image's pixels."""
+    out = check_cam(loaded, out_dir)
+    names = class_names(loaded)
+    transform = eval_transform(loaded.preprocessing, loaded.in_chans)
+    mean = torch.tensor(loaded.preprocessing.mean)[:, None, None]
+    std = torch.tensor(loaded.preprocessing.std)[:, None, None]
+    good = [r for r in results if r.error is None]
+    for start in range(0, len(good), batch_size):
+        chunk = good[start:start + batch_size]
+        images = [decode_image(r.file, loaded.in_chans, max_pixels=max_pixels) for r in chunk]
+        x = torch.stack([transform(img) for img in images])
+        res = cam(loaded.model.eval(), x)
+        for i, (r, img) in enumerate(zip(chunk, images)):
+            k = int(res.classes[i])
+            label = names[k] if names else str(k)
+            box = [int(v) for v in res.boxes[i]]
+            path = out / f"{start + i:05d}_{Path(r.file).stem}.png"
+            seen = (x[i] * std + mean).clamp(0, 1)  # the input as the model saw it, back on the 0..1 scale
+            picture = draw_overlay(seen, res.heatmaps[i], box, label, float(res.scores[i]))
+            with atomic_path(path) as tmp:
+                picture.save(tmp, format="PNG")
+            r.cam = {"class": label, "index": k, "score": float(res.scores[i]), "box_input": box,
+                     "box": crop_to_image(box, img.size, loaded.preprocessing), "overlay": str(path)}
+    return out
+
+
 def to_csv(results: Sequence[Prediction]) -> str:
     """One row per (file, rank); a failed file is one row with the error and empty prediction fields."""
     buf = io.StringIO()
@@ -162,5 +216,6 @@ def to_text(results: Sequence[Prediction]) -> str:
         if r.error is not None:
             lines.append(f"{r.file}: ERROR {r.error}")
         else:
-            lines.append(f"{r.file}: " + ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r.top))
+            cam_txt = f"  [CAM box {r.cam['box']} -> {r.cam['overlay']}]" if r.cam else ""
+            lines.append(f"{r.file}: " + ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r.top) + cam_txt)
     return "\n".join(lines)

@@ -307,9 +307,8 @@ def from_state_dict(sd: dict[str, Tensor], arch: str | None = None, source: str 
     given = {k: v for k, v in overrides.items() if v is not None}
     if arch is None:
         cfg = ResNetConfig.from_dict({**inferred, **given})
-    else:  # the named architecture, with the file's classes and channels unless an option says otherwise
-        own = {k: inferred[k] for k in ("num_classes", "in_chans", "conv_bias")}
-        cfg = model_config(arch, **{**own, **given})
+    else:  # the named architecture: a file that differs is an error naming what it holds instead
+        cfg = model_config(arch, **given)
     model = ResNet(cfg)
     load_strict(model, sd, source)
     return Checkpoint(model, arch_name(cfg) or "custom", None, Preprocessing(), source)

@@ -5,7 +5,7 @@ import sys
 from ..backends import BACKENDS
 from ..data.decode import MAX_PIXELS
 from ..infer import create_backend, load_model
-from ..predict import expand_inputs, predict_files, to_csv, to_text
+from ..predict import add_cams, check_cam, expand_inputs, predict_files, to_csv, to_text
 from . import print_json
 
 
@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per inference call; default 16")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse images larger than this many pixels (decompression bombs); default {MAX_PIXELS}")
+    p.add_argument("--cam", default=None, metavar="OUT_DIR",
+                   help="also write a class activation map per image (heatmap, box, label, score) as PNGs into "
+                        "OUT_DIR and add its box to the results (Zhou et al. 2016; needs PyTorch weights)")
     p.add_argument("--threads", type=int, default=None, help="inference threads; default: physical cores")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -33,7 +36,11 @@ def run(args) -> int:
         print(f"resnet50 predict: note: {s.path}: {s.reason}", file=sys.stderr)
     loaded = load_model(args.weights)
     backend = create_backend(args.backend, loaded, args.threads)
+    if args.cam:
+        check_cam(loaded, args.cam)
     results = predict_files(files, loaded, backend, args.topk, args.batch_size, args.max_pixels, progress=True)
+    if args.cam:
+        add_cams(results, loaded, args.cam, args.batch_size, args.max_pixels)
     failed = sum(r.error is not None for r in results)
     if args.json:
         print_json({"backend": backend.name, "weights": args.weights, "arch": loaded.arch,

@@ -1,0 +1,152 @@
+"""resnet50 detect train|evaluate|predict|demo: RetinaNet on COCO-format data (resnet50.detect)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detect", help="object detection: RetinaNet on ResNet + FPN (train, evaluate, predict, demo)",
+                       description="RetinaNet (Lin et al. 2017) with torchvision's parameter layout, on COCO-format "
+                                   "folders (an instances JSON and its images).")
+    dsub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
+    _register_train(dsub)
+    _register_evaluate(dsub)
+    _register_predict(dsub)
+    _register_demo(dsub)
+
+
+def _common(p) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _register_train(dsub) -> None:
+    from ..detect.train import RECIPES, SECTIONS
+
+    p = dsub.add_parser("train", help="train a detector with a named recipe; every config field is a flag",
+                        description="Train RetinaNet on a COCO folder (--train, --val). Recipes: coco (torchvision's "
+                                    "RetinaNet schedule), scenes (the CPU demo). Every config field is a flag.")
+    p.add_argument("--recipe", default="scenes", choices=list(RECIPES))
+    p.add_argument("--resume", default=None, metavar="RUN", help="a detection run folder or last.pt to continue")
+    p.add_argument("--init-weights", dest="init_weights", default=None,
+                   help="classification weights for the backbone (ours, torchvision/timm ResNet)")
+    for sec, typ in SECTIONS.items():
+        g = p.add_argument_group(f"{sec} options")
+        for f in dataclasses.fields(typ):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
+                           help=f"(recipe default; base {default!r})")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from ..detect.train import DetectTrainConfig, apply_overrides, flat_fields, load_checkpoint, resolve, train
+
+    overrides = {k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None}
+    if args.resume:  # the checkpoint's config; options given now may change only what a resume allows (train checks)
+        cfg = apply_overrides(DetectTrainConfig.from_dict(load_checkpoint(args.resume)["config"]), overrides)
+    else:
+        cfg = resolve(args.recipe, overrides)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress,
+                   log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json(result)
+    else:
+        best = f"best val mAP {result['best_map']:.3f}" if result["best_map"] >= 0 else "no validation data"
+        print(f"done: {result['run_dir']}  {best}")
+    return 0
+
+
+def _register_evaluate(dsub) -> None:
+    p = dsub.add_parser("evaluate", help="mAP@[.5:.95], mAP@.5 and per-class AP with pycocotools")
+    p.add_argument("--weights", required=True, help="a detector file (ours or a torchvision RetinaNet .pth) or run")
+    p.add_argument("--data", required=True, help="a COCO folder (instances JSON + images) or the JSON")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="letterbox size; default the checkpoint's")
+    p.add_argument("--score-thresh", type=float, default=None, help="default the checkpoint's (0.05)")
+    p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 RetinaNet needs 0.0")
+    _common(p)
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from ..detect.evaluate import evaluate_weights
+
+    r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
+                         image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"{r['images']} images of {r['data']}: mAP@[.5:.95] {r['map']:.3f}, mAP@.5 {r['map50']:.3f}, "
+          f"mAP@.75 {r['map75']:.3f} ({r['detections']} detections)")
+    per = sorted((v, k) for k, v in r["per_class"].items() if v is not None)
+    if per:
+        print("per class AP: " + ", ".join(f"{k} {v:.3f}" for v, k in per))
+    if r["skipped_files"]:
+        print(f"skipped {len(r['skipped_files'])} unreadable file(s), e.g. {r['skipped_files'][0]['path']}")
+    return 0
+
+
+def _register_predict(dsub) -> None:
+    p = dsub.add_parser("predict", help="detect objects in image files; draw boxes into PNGs, print JSON")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--weights", required=True, help="a detector file (ours or a torchvision RetinaNet .pth) or run")
+    p.add_argument("--out", default=None, help="folder for the pictures (boxes, labels, scores); default none")
+    p.add_argument("--min-score", type=float, default=0.3, help="report detections scoring at least this")
+    p.add_argument("--batch-size", type=int, default=8)
+    _common(p)
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    from ..detect.checkpoint import load_detector
+    from ..detect.predict import detect_files
+    from ..predict import expand_inputs
+
+    ckpt = load_detector(args.weights)
+    found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
+    if args.json:
+        print_json([f.to_dict() for f in found])
+        return 0
+    for f in found:
+        if f.error:
+            print(f"{f.file}: error: {f.error}")
+            continue
+        what = ", ".join(f"{d['label']} {d['score']:.2f}" for d in f.detections) or "nothing"
+        print(f"{f.file}: {what}" + (f" -> {f.picture}" if f.picture else ""))
+    return 0
+
+
+def _register_demo(dsub) -> None:
+    from ..detect.demo import TRAIN_SCENES, VAL_SCENES
+
+    p = dsub.add_parser("demo", help="fine-tune RetinaNet on multi scenes (CPU, at most 15 minutes), report mAP, "
+                                     "draw its boxes")
+    p.add_argument("--out", default="runs", help="where the demo folder goes (default: runs)")
+    p.add_argument("--init-weights", default=None,
+                   help="the classification demo's checkpoint (e.g. runs/demo-.../best.safetensors); default: from "
+                        "scratch")
+    p.add_argument("--train-scenes", type=int, default=TRAIN_SCENES)
+    p.add_argument("--val-scenes", type=int, default=VAL_SCENES)
+    p.add_argument("--epochs", default=None, help="override the scenes recipe's epochs")
+    p.add_argument("--max-steps", default=None, help="stop training after this many steps (smoke test)")
+    _common(p)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from ..detect.demo import run_detect_demo
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
+    s = run_detect_demo(args.out, args.init_weights, overrides, args.train_scenes, args.val_scenes,
+                        progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json(s)
+    else:
+        print(f"detection demo: mAP@[.5:.95] {s['map']:.3f}, mAP@.5 {s['map50']:.3f} on {s['val_scenes']} validation "
+              f"scenes after {s['train_seconds'] / 60:.1f} min of training; boxes drawn in {s['picture']}")
+    return 0

@@ -1,0 +1,21 @@
+"""Object detection on our ResNet: RetinaNet (Lin et al. 2017) with a feature pyramid, in torchvision's parameter
+layout, trained and measured on COCO-format folders.
+
+    from resnet50.detect import create_detector, postprocess, load_detector
+
+    model = create_detector(num_classes=10, in_chans=1, image_size=128, mean=(0.286,), std=(0.353,))
+    cls_logits, deltas = model(images)                 # (N, HWA, K), (N, HWA, 4): the network alone (ONNX-able)
+    detections = postprocess(model, (cls_logits, deltas), (128, 128))   # boxes, scores, labels per image
+
+Modules, in the order data flows: ``nms`` (box ops, batched NMS), ``fpn`` (the backbone with its pyramid),
+``retinanet`` (config, anchors, head, losses, post-processing), ``coco`` (data checks, batches, pycocotools),
+``checkpoint`` (our files and torchvision's), ``train``, ``evaluate``, ``predict`` (pictures), ``export`` (ONNX),
+``demo``. The CLI is ``resnet50 detect train|evaluate|predict|demo``.
+"""
+
+from .checkpoint import DetectorCheckpoint, load_detector, save_detector
+from .nms import batched_nms, box_iou, nms
+from .retinanet import DetectorConfig, RetinaNet, create_detector, num_params, postprocess
+
+__all__ = ["DetectorCheckpoint", "DetectorConfig", "RetinaNet", "batched_nms", "box_iou", "create_detector",
+           "load_detector", "nms", "num_params", "postprocess", "save_detector"]

@@ -1,0 +1,386 @@
+"""COCO-format detection data: read and check an instances JSON with its images, letterbox, batch, and measure
+detections with pycocotools (mAP@[.5:.95], mAP@.5, per-class AP). The measure is pycocotools' own; nothing here
+computes a second mAP.
+
+A dataset is a folder with one instances JSON (``instances.json``, ``annotations.json``, or the only ``*.json``;
+``annotations/instances_*.json`` as COCO ships it) or the JSON file itself. ``file_name`` is looked up relative to
+the JSON's folder, then under ``images/`` beside it, then beside an ``annotations/`` folder's parent. Our scenes
+(``resnet50.scenes.write_scenes``) are such a folder.
+
+What is checked, and what happens (a bad entry is named with its file and its id; never a traceback):
+
+- not JSON, or no ``images`` / ``annotations`` / ``categories`` lists: an error;
+- an image entry without an integer ``id``, a ``file_name``, or positive ``width`` / ``height``; a duplicate id;
+  a category without an ``id`` or ``name``, or a duplicate: an error;
+- an annotation with an unknown ``image_id`` or ``category_id``, or a ``bbox`` that is not 4 numbers: an error;
+- a box of zero or negative width or height, or one wholly outside its image: skipped and counted;
+- a box partly outside its image: clipped to the image and counted;
+- crowd annotations (``iscrowd`` 1): not trained on, counted (pycocotools ignores detections on them);
+- an image file that does not exist: the image is skipped with its boxes, and counted; if none is left, an error;
+- an image with no boxes: kept (a negative example: every anchor background) and counted;
+- an image file that does not decode: skipped when it is read, counted in the epoch's report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..data.decode import ImageDecodeError, Skipped, decode_image
+from ..errors import UserError
+
+JSON_NAMES = ("instances.json", "annotations.json")
+
+
+def require_pycocotools():
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise UserError("COCO evaluation needs pycocotools: pip install 'resnet50[detect]'") from None
+    return COCO, COCOeval
+
+
+@dataclass
+class CocoImage:
+    id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # (G, 4) float32 xyxy in the image's pixels
+    labels: np.ndarray  # (G,) int64 class indices (position in ``categories``)
+
+
+@dataclass
+class CocoStats:
+    """What loading found: counts of each kind of skip or repair, with an example of each."""
+
+    images: int = 0
+    boxes: int = 0
+    missing_images: int = 0
+    images_without_boxes: int = 0
+    zero_area_boxes: int = 0
+    outside_boxes: int = 0
+    clipped_boxes: int = 0
+    crowd_boxes: int = 0
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def note(self, kind: str, example: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.examples.setdefault(kind, example)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        parts = [f"{self.images} images, {self.boxes} boxes"]
+        for kind in ("missing_images", "images_without_boxes", "zero_area_boxes", "outside_boxes", "clipped_boxes",
+                     "crowd_boxes"):
+            n = getattr(self, kind)
+            if n:
+                parts.append(f"{n} {kind.replace('_', ' ')} (e.g. {self.examples[kind]})")
+        return "; ".join(parts)
+
+
+def find_instances_json(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise UserError(f"COCO data {p} does not exist; give a folder with an instances JSON and its images")
+    for name in JSON_NAMES:
+        if (p / name).is_file():
+            return p / name
+    candidates = sorted(p.glob("*.json")) or sorted((p / "annotations").glob("instances_*.json"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise UserError(f"{p} holds no instances JSON (looked for {', '.join(JSON_NAMES)}, *.json, "
+                        "annotations/instances_*.json)")
+    raise UserError(f"{p} holds {len(candidates)} JSON files ({', '.join(c.name for c in candidates[:4])}); "
+                    "give the instances JSON itself")
+
+
+def _image_path(json_path: Path, file_name: str) -> Path:
+    base = json_path.parent
+    roots = [base, base / "images"] + ([base.parent] if base.name == "annotations" else [])
+    for root in roots:
+        if (root / file_name).is_file():
+            return root / file_name
+    return base / file_name
+
+
+class CocoDataset:
+    """The checked contents of one instances JSON. ``classes``: category names in the JSON's order (class index i
+    is ``category_ids[i]``); ``images``: the usable images; ``stats``: what was skipped or repaired.
+    ``ground_truth()`` is the checked annotation set as a COCO dict, the reference the evaluation measures against."""
+
+    def __init__(self, path: str | os.PathLike, in_chans: int = 1) -> None:
+        self.json_path = find_instances_json(path)
+        self.in_chans = in_chans
+        self.stats = CocoStats()
+        self._cache: dict[int, np.ndarray] = {}
+        self._load()
+
+    def _load(self) -> None:
+        f = self.json_path
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{f} is not a COCO instances JSON (not UTF-8 text)") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{f} is not a COCO instances JSON (not JSON: {e.msg} at line {e.lineno})") from None
+        except OSError as e:
+            raise UserError(f"cannot read {f}: {e.strerror or e}") from None
+        need = ("images", "annotations", "categories")
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), list) for k in need):
+            missing = [k for k in need if not isinstance(raw, dict) or not isinstance(raw.get(k), list)]
+            raise UserError(f"{f} is not a COCO instances JSON: it needs 'images', 'annotations' and 'categories' "
+                            f"lists (no {', '.join(repr(k) for k in missing)})")
+        anns = raw["annotations"]
+
+        self.category_ids, self.classes = [], []
+        for k, c in enumerate(raw["categories"]):
+            if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+                raise UserError(f"{f}: categories[{k}] needs an integer 'id' and a 'name', got {_short(c)}")
+            if c["id"] in self.category_ids:
+                raise UserError(f"{f}: category id {c['id']} appears twice (categories[{k}])")
+            self.category_ids.append(c["id"])
+            self.classes.append(c["name"])
+        if not self.classes:
+            raise UserError(f"{f}: 'categories' is empty; a detector needs at least one class")
+        cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
+
+        entries: dict[int, dict] = {}
+        for k, im in enumerate(raw["images"]):
+            ok = isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str) and \
+                _is_int(im.get("width")) and _is_int(im.get("height")) and im["width"] > 0 and im["height"] > 0
+            if not ok:
+                raise UserError(f"{f}: images[{k}] needs an integer 'id', a 'file_name' and positive integer "
+                                f"'width' and 'height', got {_short(im)}")
+            if im["id"] in entries:
+                raise UserError(f"{f}: image id {im['id']} appears twice (images[{k}])")
+            entries[im["id"]] = im
+
+        boxes: dict[int, list] = {i: [] for i in entries}
+        labels: dict[int, list] = {i: [] for i in entries}
+        gt_anns = []
+        for k, a in enumerate(anns):
+            name = f"annotation {a.get('id', f'[{k}]')}" if isinstance(a, dict) else f"annotations[{k}]"
+            if not isinstance(a, dict):
+                raise UserError(f"{f}: {name} is not an object")
+            if a.get("image_id") not in entries:
+                raise UserError(f"{f}: {name} has image_id {a.get('image_id')!r}, which is not in 'images'")
+            if a.get("category_id") not in cat_index:
+                raise UserError(f"{f}: {name} has category_id {a.get('category_id')!r}, which is not in "
+                                f"'categories' (ids {_few(self.category_ids)})")
+            bbox = a.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+                raise UserError(f"{f}: {name} needs 'bbox' as 4 numbers [x, y, width, height], got {bbox!r}")
+            im = entries[a["image_id"]]
+            x, y, w, h = (float(v) for v in bbox)
+            where = f"{name} of image {im['id']} ({im['file_name']}), bbox {bbox}"
+            if not (w > 0 and h > 0):
+                self.stats.note("zero_area_boxes", where)
+                continue
+            x1, y1 = max(x, 0.0), max(y, 0.0)
+            x2, y2 = min(x + w, float(im["width"])), min(y + h, float(im["height"]))
+            if x2 <= x1 or y2 <= y1:
+                self.stats.note("outside_boxes", where)
+                continue
+            clipped = (x1, y1, x2, y2) != (x, y, x + w, y + h)
+            if clipped:
+                self.stats.note("clipped_boxes", where)
+            crowd = bool(a.get("iscrowd", 0))
+            if crowd:
+                self.stats.note("crowd_boxes", where)
+            else:
+                boxes[im["id"]].append((x1, y1, x2, y2))
+                labels[im["id"]].append(cat_index[a["category_id"]])
+            # pycocotools sorts boxes into small / medium / large by 'area' (the mask's, in COCO): keep the file's
+            # unless the box was clipped or it has none
+            area = float(a["area"]) if _is_number(a.get("area")) and not clipped else (x2 - x1) * (y2 - y1)
+            gt_anns.append({"image_id": im["id"], "category_id": a["category_id"], "iscrowd": int(crowd),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area})
+
+        self.images: list[CocoImage] = []
+        for image_id, im in entries.items():
+            path = _image_path(f, im["file_name"])
+            if not path.is_file():
+                self.stats.note("missing_images", f"image {image_id}: {path}")
+                continue
+            if not boxes[image_id]:
+                self.stats.note("images_without_boxes", f"image {image_id} ({im['file_name']})")
+            self.images.append(CocoImage(image_id, path, im["width"], im["height"],
+                                         np.asarray(boxes[image_id], np.float32).reshape(-1, 4),
+                                         np.asarray(labels[image_id], np.int64)))
+        if not self.images:
+            raise UserError(f"{f}: none of its {len(entries)} image files exist (e.g. "
+                            f"{_image_path(f, next(iter(entries.values()))['file_name']) if entries else 'none listed'}"
+                            "); check the folder")
+        kept = {im.id for im in self.images}
+        self._gt = {
+            "images": [{"id": i, "width": entries[i]["width"], "height": entries[i]["height"],
+                        "file_name": entries[i]["file_name"]} for i in entries if i in kept],
+            "annotations": [dict(a, id=n + 1) for n, a in enumerate(x for x in gt_anns if x["image_id"] in kept)],
+            "categories": [{"id": cid, "name": name} for cid, name in zip(self.category_ids, self.classes)],
+        }
+        self.stats.images = len(self.images)
+        self.stats.boxes = sum(len(im.boxes) for im in self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def ground_truth(self) -> dict:
+        return self._gt
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The image's pixels, uint8 (H, W) for 1 channel or (H, W, 3); decoded once, then kept in memory."""
+        if index not in self._cache:
+            img = decode_image(self.images[index].path, in_chans=self.in_chans)
+            arr = np.asarray(img)
+            im = self.images[index]
+            if arr.shape[:2] != (im.height, im.width):
+                raise ImageDecodeError(str(im.path), f"is {arr.shape[1]}x{arr.shape[0]} px, but the JSON says "
+                                                     f"{im.width}x{im.height}")
+            self._cache[index] = arr
+        return self._cache[index]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v) -> str:
+    s = json.dumps(v, default=str)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _few(ids: list, n: int = 12) -> str:
+    return ", ".join(str(i) for i in ids[:n]) + (", ..." if len(ids) > n else "")
+
+
+# --- letterboxing and batches -------------------------------------------------------------------------------------
+
+def letterbox(pixels: np.ndarray, size: int) -> tuple[Tensor, float]:
+    """Resize (bilinear) so the longer side is ``size`` and pad with zeros right and below to size x size.
+    Returns the (C, size, size) float tensor in 0..1 and the scale (input pixels per original pixel)."""
+    h, w = pixels.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = Image.fromarray(pixels)
+    if (nh, nw) != (h, w):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    out = torch.zeros(arr.shape[2], size, size)
+    out[:, :nh, :nw] = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    return out, scale
+
+
+@dataclass
+class Batch:
+    """Images (N, C, S, S) in 0..1; ground truth padded to G boxes per image: boxes (N, G, 4 xyxy, input pixels),
+    labels (N, G), valid (N, G); per image its COCO id, scale and unpadded (h, w) in input pixels; skipped files."""
+
+    images: Tensor
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+    image_ids: list[int]
+    scales: list[float]
+    valid_hw: list[tuple[float, float]]
+    skipped: list[Skipped]
+
+
+def make_batch(ds: CocoDataset, indices: list[int], size: int, flips: list[bool] | None = None) -> Batch:
+    """Read, letterbox and (where ``flips[i]``) mirror the images at ``indices``; undecodable files are skipped."""
+    images, boxes, labels, ids, scales, hws, skipped = [], [], [], [], [], [], []
+    for j, i in enumerate(indices):
+        im = ds.images[i]
+        try:
+            pixels = ds.pixels(i)
+        except ImageDecodeError as e:
+            skipped.append(Skipped(str(im.path), e.reason))
+            continue
+        x, scale = letterbox(pixels, size)
+        b = torch.from_numpy(im.boxes) * scale
+        vh, vw = im.height * scale, im.width * scale
+        if flips is not None and flips[j]:
+            x[:, :round(vh), :round(vw)] = x[:, :round(vh), :round(vw)].flip(-1)
+            b = torch.stack([vw - b[:, 2], b[:, 1], vw - b[:, 0], b[:, 3]], dim=1)
+        images.append(x)
+        boxes.append(b)
+        labels.append(torch.from_numpy(im.labels))
+        ids.append(im.id)
+        scales.append(scale)
+        hws.append((vh, vw))
+    g = max((len(b) for b in boxes), default=0)
+    n = len(images)
+    pb, pl, pv = torch.zeros(n, g, 4), torch.zeros(n, g, dtype=torch.int64), torch.zeros(n, g, dtype=torch.bool)
+    for k, (b, lab) in enumerate(zip(boxes, labels)):
+        pb[k, :len(b)], pl[k, :len(b)], pv[k, :len(b)] = b, lab, True
+    c = ds.in_chans
+    return Batch(torch.stack(images) if images else torch.zeros(0, c, size, size), pb, pl, pv, ids, scales, hws,
+                 skipped)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+def detections_to_coco(ds: CocoDataset, image_ids: list[int], detections: list[dict[str, Tensor]],
+                       scales: list[float]) -> list[dict]:
+    """Model detections (boxes in input pixels, class indices) -> COCO results (original pixels, category ids)."""
+    out = []
+    for image_id, det, scale in zip(image_ids, detections, scales):
+        boxes = det["boxes"].float().cpu() / scale
+        for (x1, y1, x2, y2), s, lab in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            out.append({"image_id": image_id, "category_id": ds.category_ids[lab],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    return out
+
+
+def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | None = None) -> dict:
+    """pycocotools' bbox evaluation of ``results`` (COCO result dicts) against ``ground_truth`` (a COCO dict).
+    Returns map (AP@[.5:.95], area all, 100 detections), map50, map75, the small/medium/large APs, ar100 and
+    per_class (AP@[.5:.95] by category name; None for a category without ground truth), and the counts."""
+    COCO, COCOeval = require_pycocotools()
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO()
+        gt.dataset = json.loads(json.dumps(ground_truth))
+        gt.createIndex()
+        cats = [c["id"] for c in ground_truth["categories"]]
+        names = classes or [c["name"] for c in ground_truth["categories"]]
+        if not results:  # pycocotools cannot load an empty result list: nothing detected is AP 0 everywhere
+            return {"map": 0.0, "map50": 0.0, "map75": 0.0, "map_small": 0.0, "map_medium": 0.0, "map_large": 0.0,
+                    "ar100": 0.0, "per_class": {n: 0.0 for n in names}, "images": len(ground_truth["images"]),
+                    "detections": 0}
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) for s in ev.stats]
+    # precision: (IoU thresholds, recall points, categories, area ranges, max detections); -1 = no ground truth
+    precision = ev.eval["precision"]
+    per_class = {}
+    for k, (cid, name) in enumerate(zip(cats, names)):
+        p = precision[:, :, ev.params.catIds.index(cid), 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
+    return {"map": max(stats[0], 0.0), "map50": max(stats[1], 0.0), "map75": max(stats[2], 0.0),
+            "map_small": stats[3], "map_medium": stats[4], "map_large": stats[5], "ar100": stats[8],
+            "per_class": per_class, "images": len(ground_truth["images"]), "detections": len(results)}

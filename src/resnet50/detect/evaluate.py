@@ -1,0 +1,90 @@
+"""Detector evaluation on a COCO-format dataset: run the network in batches, post-process, and let pycocotools
+measure (``coco.coco_evaluate``): mAP@[.5:.95], mAP@.5, mAP@.75, by object size, AR@100 and per-class AP.
+
+Classes are matched by name: a detector trained on the dataset's categories is used as is; one with other names
+(a torchvision COCO model on a subset, say) has its detections of classes the dataset lacks dropped, and the
+dataset's classes it lacks score AP 0.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+from ..errors import UserError
+from .coco import CocoDataset, coco_evaluate, make_batch
+from .retinanet import RetinaNet, postprocess
+
+
+@torch.no_grad()
+def detect_dataset(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
+                   amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False):
+    """Detections for every image of ``ds``: (image ids, detections with boxes in original pixels, skipped files)."""
+    model.eval()
+    size = model.cfg.image_size
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    ids, dets, skipped = [], [], []
+    starts = range(0, len(ds), batch_size)
+    for s in tqdm(starts, desc="detect", unit="batch", disable=not progress, leave=False):
+        batch = make_batch(ds, list(range(s, min(s + batch_size, len(ds)))), size)
+        skipped += batch.skipped
+        if not batch.image_ids:
+            continue
+        images = batch.images.to(device).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            outputs = model(images)
+        for det, scale in zip(postprocess(model, outputs, (size, size), batch.valid_hw), batch.scales):
+            dets.append({"boxes": det["boxes"].cpu() / scale, "scores": det["scores"].cpu(),
+                         "labels": det["labels"].cpu()})
+        ids += batch.image_ids
+    return ids, dets, skipped
+
+
+def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
+             amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False,
+             classes: list[str] | None = None) -> dict:
+    """pycocotools metrics of ``model`` on ``ds``. ``classes``: the model's class names (default: the dataset's)."""
+    ids, dets, skipped = detect_dataset(model, ds, batch_size, device, amp, channels_last, progress)
+    to_category = category_map(classes or ds.classes, ds)
+    results = []
+    for image_id, det in zip(ids, dets):
+        for (x1, y1, x2, y2), score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                  det["labels"].tolist()):
+            cid = to_category[label]
+            if cid is not None:
+                results.append({"image_id": image_id, "category_id": cid, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "score": score})
+    gt = ds.ground_truth()
+    if skipped:  # an image that did not decode has no detections: measure on the images that did
+        done = set(ids)
+        gt = dict(gt, images=[im for im in gt["images"] if im["id"] in done],
+                  annotations=[a for a in gt["annotations"] if a["image_id"] in done])
+    metrics = coco_evaluate(gt, results)
+    metrics["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    return metrics
+
+
+def category_map(model_classes: list[str], ds: CocoDataset) -> list[int | None]:
+    """For each model class index the dataset's category id of the same name (None where it has none)."""
+    if list(model_classes) == list(ds.classes):
+        return list(ds.category_ids)
+    by_name = dict(zip(ds.classes, ds.category_ids))
+    mapping = [by_name.get(name) for name in model_classes]
+    if not any(c is not None for c in mapping):
+        raise UserError(f"the detector's classes ({', '.join(model_classes[:5])}, ...) share no name with the "
+                        f"dataset's ({', '.join(ds.classes[:5])}, ...)")
+    return mapping
+
+
+def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                     **overrides) -> dict:
+    """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``."""
+    from .checkpoint import load_detector
+
+    ckpt = load_detector(weights, **overrides)
+    ds = CocoDataset(data, in_chans=ckpt.config.in_chans)
+    dev = torch.device(device)
+    metrics = evaluate(ckpt.model.to(dev), ds, batch_size, dev, progress=progress, classes=ckpt.classes)
+    return {"weights": str(weights), "data": str(ds.json_path), "dataset": ds.stats.to_dict(), **metrics}
