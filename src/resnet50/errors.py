@@ -14,6 +14,7 @@ OPTIONAL = {
     "onnx": ("onnx", "onnx"), "onnxruntime": ("onnxruntime", "onnx"), "onnxscript": ("onnxscript", "onnx"),
     "openvino": ("openvino", "openvino"), "starlette": ("starlette", "serve"), "uvicorn": ("uvicorn", "serve"),
     "h5py": ("h5py", "keras"), "pycocotools": ("pycocotools", "detect"),
+    "tensorboard": ("tensorboard", "tensorboard"), "mlperf_loadgen": ("mlcommons-loadgen", "loadgen"),
 }
 
 

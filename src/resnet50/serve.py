@@ -4,7 +4,10 @@
                     file field. 200: {"predictions": [{"rank", "index", "label", "probability"}, ...], "batch": n}
     GET  /health    {"status": "ok", model, backend, settings}
     GET  /metrics   Prometheus text format: requests by status, request latency histogram, batch-size histogram,
-                    requests in flight
+                    requests in flight (/predict and v2 infer requests together)
+    /v2/...         the Open Inference Protocol (KServe v2 REST, Triton's client speaks it): GET /v2, /v2/health/live,
+                    /v2/health/ready, /v2/models/<name>[/versions/1], .../ready; POST .../infer with JSON tensors or
+                    the binary tensor extension. Inputs, outputs and encodings: ``resnet50.serve_v2``.
 
 Flow of a request: the body is read with a byte limit (413 past ``max_body_mb``, checked on Content-Length first
 and again while streaming); the image header is read and an image of more than ``max_pixels`` refused (413, before
@@ -13,7 +16,9 @@ joins the batching queue. The inference thread takes the first waiting image, th
 ``max_wait_ms``, up to ``max_batch`` images, runs them as one batch and resolves each request's future. The event
 loop never runs decoding or inference. Past ``max_concurrency`` requests in flight, /predict answers 503 at once.
 Malformed input is a 4xx with a JSON body {"error": ...}: 400 not an image / truncated / empty / bad form, 413 too
-large, 415 a JSON, text or urlencoded body. It binds to 127.0.0.1 unless told otherwise.
+large, 415 a JSON, text or urlencoded body; a malformed v2 request is a 400 (404: no such model or version) with
+the protocol's body {"error": ...}. A v2 request of N images puts N images into the same batching queue as N
+/predict requests would. It binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .data.decode import ImageDecodeError, ImageTooLarge
 from .data.transforms import eval_transform
 from .errors import UserError, require
 from .predict import class_names, label_rows, preprocess
+from .serve_v2 import ModelInfo, ProtocolError, encode_response, parse_request, server_metadata
 from .weights import Checkpoint
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -50,9 +56,11 @@ class ServeConfig:
     max_pixels: int = 50_000_000  # a 50-megapixel photo passes; more is refused before decoding
     topk: int = 5
     decode_threads: int = 2
+    model_name: str = ""  # the v2 model name; default: the checkpoint's architecture
+    max_request_images: int = 64  # images in one v2 request (each becomes a C x H x W float32 array in memory)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_concurrency", "max_pixels", "topk", "decode_threads"):
+        for name in ("max_batch", "max_concurrency", "max_pixels", "topk", "decode_threads", "max_request_images"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.max_body_mb <= 0:
@@ -114,13 +122,13 @@ class Metrics:
             lines = ["# HELP resnet50_requests_total Prediction requests answered, by HTTP status.",
                      "# TYPE resnet50_requests_total counter"]
             lines += [f'resnet50_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
-            lines += ["# HELP resnet50_request_latency_seconds Time from request to response for /predict.",
+            lines += ["# HELP resnet50_request_latency_seconds Time from request to response (/predict, v2 infer).",
                       "# TYPE resnet50_request_latency_seconds histogram"]
             lines += self.latency.lines("resnet50_request_latency_seconds")
             lines += ["# HELP resnet50_batch_size Images per inference call (dynamic batching).",
                       "# TYPE resnet50_batch_size histogram"]
             lines += self.batch.lines("resnet50_batch_size")
-            lines += ["# HELP resnet50_requests_in_flight /predict requests being handled now.",
+            lines += ["# HELP resnet50_requests_in_flight /predict and v2 infer requests being handled now.",
                       "# TYPE resnet50_requests_in_flight gauge", f"resnet50_requests_in_flight {self.in_flight}"]
         return "\n".join(lines) + "\n"
 
@@ -221,7 +229,8 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     """The Starlette application (the batching thread starts and stops with it)."""
     require("starlette", "resnet50 serve")
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     metrics = Metrics(cfg.max_batch)
@@ -267,6 +276,82 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
             metrics.in_flight -= 1
             metrics.request(status, time.perf_counter() - start)
 
+    info = ModelInfo(cfg.model_name or loaded.arch, f"resnet50_{backend.name}", loaded.in_chans, loaded.size, names,
+                     loaded.num_classes)
+
+    def v2_model(request) -> None:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if name != info.name:
+            raise ProtocolError(404, f"unknown model {name!r}; this server serves {info.name!r}")
+        if version is not None and version != "1":
+            raise ProtocolError(404, f"model {name!r} has no version {version!r}; it has version 1")
+
+    async def v2_infer(request):
+        start = time.perf_counter()
+        if metrics.in_flight >= cfg.max_concurrency:
+            metrics.request(503, time.perf_counter() - start)
+            return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
+                                status_code=503, headers={"Retry-After": "1"})
+        metrics.in_flight += 1
+        status = 500
+        try:
+            v2_model(request)
+            body = await _read_body(request, body_limit)
+            req = parse_request(body, request.headers.get("inference-header-content-length"), info,
+                                cfg.max_request_images)
+            if req.images is not None:
+                loop = asyncio.get_running_loop()
+
+                def prepare_nth(i: int) -> np.ndarray:
+                    try:
+                        return prepare(req.images[i])
+                    except HTTPError as e:
+                        raise HTTPError(e.status, f"image {i} of {req.count}: {e.message}") from None
+                xs = await asyncio.gather(*(loop.run_in_executor(state["decode_pool"], prepare_nth, i)
+                                            for i in range(req.count)))
+            else:
+                xs = list(req.tensor)
+            rows = await asyncio.gather(*(asyncio.wrap_future(state["batcher"].submit(x)) for x in xs))
+            content, headers = encode_response(req, np.stack([row for row, _ in rows]), info)
+            status = 200
+            return Response(content, headers=headers)
+        except (HTTPError, ProtocolError) as e:
+            status = e.status
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        except Exception as e:  # a bug or a backend failure: still the protocol's body, still counted
+            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+        finally:
+            metrics.in_flight -= 1
+            metrics.request(status, time.perf_counter() - start)
+
+    async def v2_server(request):
+        return JSONResponse(server_metadata())
+
+    async def v2_live(request):
+        return JSONResponse({"live": True})
+
+    async def v2_ready(request):
+        ready = "batcher" in state
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+
+    async def v2_metadata(request):
+        try:
+            v2_model(request)
+        except ProtocolError as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        return JSONResponse(info.metadata())
+
+    async def v2_model_ready(request):
+        try:
+            v2_model(request)
+        except ProtocolError as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        return await v2_ready(request)
+
+    async def http_error(request, exc):  # unknown paths and methods: the same JSON error body everywhere
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code)
+
     async def health(request):
         return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes, "backend": backend.name,
                              "input": [loaded.in_chans, loaded.size, loaded.size], "settings": asdict(cfg)})
@@ -284,8 +369,13 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
             state["batcher"].close()
             state["decode_pool"].shutdown(wait=False, cancel_futures=True)
 
+    v2 = [Route("/v2", v2_server), Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready)]
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        v2 += [Route(base, v2_metadata), Route(base + "/ready", v2_model_ready),
+               Route(base + "/infer", v2_infer, methods=["POST"])]
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health),
-                            Route("/metrics", metrics_endpoint)], lifespan=lifespan)
+                            Route("/metrics", metrics_endpoint), *v2], lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
     app.state.metrics = metrics
     return app
 

@@ -11,7 +11,8 @@ from . import print_json
 
 def register(sub) -> None:
     d = ServeConfig()
-    p = sub.add_parser("serve", help="HTTP server: POST /predict, GET /health, GET /metrics (Prometheus)")
+    p = sub.add_parser("serve", help="HTTP server: POST /predict, GET /health, GET /metrics (Prometheus), "
+                                     "the Open Inference Protocol (KServe v2) under /v2")
     p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or .onnx from export/quantize")
     p.add_argument("--backend", default="auto", help=f"auto or one of: {', '.join(BACKENDS)}; default auto")
     p.add_argument("--host", default=d.host, help=f"address to bind; default {d.host} (this machine only)")
@@ -25,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help=f"refuse larger images before decoding (413); default {d.max_pixels}")
     p.add_argument("--topk", type=int, default=d.topk, help=f"classes per answer; default {d.topk}")
+    p.add_argument("--model-name", default=d.model_name,
+                   help="the model's name on the v2 routes (/v2/models/NAME); default: the architecture")
+    p.add_argument("--max-request-images", type=int, default=d.max_request_images,
+                   help=f"images in one v2 infer request; default {d.max_request_images}")
     p.add_argument("--threads", type=int, default=None, help="inference threads; default: physical cores")
     p.add_argument("--json", action="store_true", help="print the startup settings as JSON, then serve")
     p.set_defaults(func=run)
@@ -32,7 +37,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     cfg = ServeConfig(args.host, args.port, args.max_batch, args.max_wait_ms, args.max_concurrency, args.max_body_mb,
-                      args.max_pixels, args.topk)
+                      args.max_pixels, args.topk, model_name=args.model_name,
+                      max_request_images=args.max_request_images)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -46,8 +52,8 @@ def run(args) -> int:
         print_json(info)
         sys.stdout.flush()
     else:
-        print(f"serving {loaded.arch} ({backend.name}) on {info['url']}: POST /predict, GET /health, GET /metrics",
-              file=sys.stderr)
+        print(f"serving {loaded.arch} ({backend.name}) on {info['url']}: POST /predict, /v2 (KServe v2), "
+              "GET /health, GET /metrics", file=sys.stderr)
     if not loopback:
         print(f"resnet50 serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
     serve(loaded, backend, cfg)
