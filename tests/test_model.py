@@ -35,7 +35,7 @@ def test_output_and_feature_shapes(size, c5):
     m = create_model("resnet50", num_classes=7).eval()
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
-        feats = m.forward_features(x)
+        feats = m.forward_pyramid(x)
         assert m(x).shape == (1, 7)
         assert m.forward_embedding(x).shape == (1, 2048)
     assert [f.shape[1] for f in feats.values()] == [256, 512, 1024, 2048]
@@ -97,9 +97,9 @@ def test_options_in_chans_zero_init_and_small_stem():
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     s = create_model("resnet18", stem="small").eval()
     with torch.no_grad():
-        assert s.forward_features(torch.randn(1, 3, 32, 32))["C2"].shape[-1] == 32  # no stride-4 stem
+        assert s.forward_pyramid(torch.randn(1, 3, 32, 32))["C2"].shape[-1] == 32  # no stride-4 stem
     cifar = create_model("resnet20_cifar").eval()
-    assert [f.shape[1:] for f in cifar.forward_features(torch.randn(1, 3, 32, 32)).values()] == [
+    assert [f.shape[1:] for f in cifar.forward_pyramid(torch.randn(1, 3, 32, 32)).values()] == [
         (16, 32, 32), (32, 16, 16), (64, 8, 8)]
 
 

@@ -10,7 +10,6 @@ give an fp32 result, so ``auto`` never picks them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -63,11 +62,8 @@ def load_model(weights: str | os.PathLike | None = None, arch: str | None = None
     ``size`` sets the input crop (the resize scales with it). Options that contradict the file are refused."""
     if weights is not None and Path(weights).suffix == ".onnx":
         return _from_onnx(Path(weights), arch, size, options)
-    if weights is not None:
-        path = Path(weights)
-        ckpt = load(path, arch, **options)
-        st = path.stat()
-        ckpt.weights_id = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    if weights is not None:  # a file, a Hub-layout folder or a published name; load sets weights_id
+        ckpt = load(weights, arch, **options)
     else:
         arch = arch or "resnet50"
         ckpt = Checkpoint(create_model(arch, **options), arch, None, Preprocessing(), f"random init ({arch})")

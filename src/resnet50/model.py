@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -291,17 +292,40 @@ class ResNet(nn.Module):
             feats[f"C{i + 2}"] = x
         return feats
 
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        """Today's name of :meth:`forward_pyramid` (the same dict)."""
-        return self.forward_pyramid(x)
-
-    def forward_embedding(self, x: Tensor) -> Tensor:
-        """The pooled, flattened last-stage features (2048-d for ResNet-50): the input of the classifier."""
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's output before pooling, as timm's ``forward_features``: (N, 2048, H/32, W/32) for
+        ResNet-50 (C5). Changed in 0.2: this returned the dict of every stage, which is now :meth:`forward_pyramid`
+        (callers that index the result by "C2".."C5" must call that instead)."""
         _check_input(x, self.cfg)
         x = self.stem(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return torch.flatten(self.avgpool(x), 1)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """timm's ``forward_head``: global average pool of :meth:`forward_features`' output to (N, 2048), then
+        the classifier (N, num_classes); ``pre_logits=True`` stops before the classifier."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward_embedding(self, x: Tensor) -> Tensor:
+        """The pooled, flattened last-stage features (2048-d for ResNet-50): the input of the classifier."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's ``feature_info``: for each feature map ``features_only`` can return, its channels ``num_chs``,
+        its ``reduction`` (output stride) and the ``module`` that makes it: the stem's ReLU (stride 2 for the
+        ImageNet stem, 1 for the small and CIFAR stems), then each stage (stride 4, 8, 16, 32 for ResNet-50)."""
+        reduction = 2 if self.cfg.stem == "imagenet" else 1
+        info = [dict(num_chs=self.cfg.stem_width, reduction=reduction, module="relu")]
+        for i, (name, chs) in enumerate(zip(self.stage_names, self.feature_channels)):
+            reduction *= 2 if i > 0 or self.cfg.stem == "imagenet" else 1  # the max pool, then each stage's stride
+            info.append(dict(num_chs=chs, reduction=reduction, module=name))
+        return info
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc by a freshly initialised one for ``num_classes`` (0 removes it: forward gives embeddings)."""
@@ -309,7 +333,83 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_embedding(x))
+        return self.forward_head(self.forward_features(x))
+
+
+class FeatureInfo:
+    """timm's ``FeatureInfo`` accessor over :attr:`ResNet.feature_info`: ``channels()``, ``reduction()`` and
+    ``module_name()`` give the values at the output indices (or at ``idx``: an index or a list of them)."""
+
+    def __init__(self, info: list[dict], out_indices: tuple[int, ...]) -> None:
+        self.info = [dict(d, index=i) for i, d in enumerate(info)]
+        self.out_indices = tuple(out_indices)
+
+    def get(self, key: str, idx: int | list[int] | None = None):
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        return [self.info[i][key] for i in idx] if isinstance(idx, (list, tuple)) else self.info[idx][key]
+
+    def get_dicts(self) -> list[dict]:
+        return [self.info[i] for i in self.out_indices]
+
+    def channels(self, idx: int | list[int] | None = None):
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | list[int] | None = None):
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | list[int] | None = None):
+        return self.get("module", idx)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.info[i]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+class FeatureListNet(nn.Module):
+    """timm's ``features_only`` model: ``forward(x)`` returns the LIST of the feature maps at ``out_indices``
+    (indices into :attr:`ResNet.feature_info`), shallowest first. For ResNet-50 at (N, 3, 224, 224) and timm's
+    default (0, 1, 2, 3, 4): (N, 64, 112, 112) after the stem's ReLU, then layer1..layer4: (N, 256, 56, 56),
+    (N, 512, 28, 28), (N, 1024, 14, 14), (N, 2048, 7, 7). Only the modules up to the deepest index are kept (no
+    pool, no fc); parameter names are the ResNet's (``conv1.weight``, ``layer1.0.conv1.weight``...), as timm's."""
+
+    def __init__(self, model: ResNet, out_indices: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        info = model.feature_info
+        self.feature_info = FeatureInfo(info, _out_indices(out_indices, len(info)))
+        self.cfg, self.out_indices = model.cfg, self.feature_info.out_indices
+        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
+        self.stage_names = model.stage_names[: max(self.out_indices)]
+        for name in self.stage_names:
+            setattr(self, name, getattr(model, name))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        _check_input(x, self.cfg)
+        x = self.relu(self.bn1(self.conv1(x)))
+        out = [x] if 0 in self.out_indices else []
+        x = self.maxpool(x)
+        for i, name in enumerate(self.stage_names, 1):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                out.append(x)
+        return out
+
+
+def _out_indices(out_indices: int | Sequence[int] | None, n: int) -> tuple[int, ...]:
+    """timm's spellings: None for every feature, an int k for the last k, or indices (negative from the end)."""
+    if out_indices is None:
+        return tuple(range(n))
+    if isinstance(out_indices, int):
+        if not 1 <= out_indices <= n:
+            raise UserError(f"out_indices={out_indices} asks for the last {out_indices} of {n} feature maps; use 1..{n}")
+        return tuple(range(n - out_indices, n))
+    idx = [int(i) + n if int(i) < 0 else int(i) for i in out_indices]
+    if not idx or any(not 0 <= i < n for i in idx):
+        raise UserError(f"out_indices {tuple(out_indices)} out of range: this model has {n} feature maps, indices "
+                        f"0..{n - 1} (0 = the stem, then one per stage)")
+    return tuple(sorted(set(idx)))
 
 
 def _check_input(x: Tensor, cfg: ResNetConfig) -> None:
@@ -373,9 +473,19 @@ def model_config(name: str, **options) -> ResNetConfig:
     return ResNetConfig.from_dict(d)
 
 
-def create_model(name: str = "resnet50", **options) -> ResNet:
-    """Build a named architecture, e.g. ``create_model("resnet50", variant="v1", num_classes=10, in_chans=1)``."""
-    return ResNet(model_config(name, **options))
+def create_model(name: str = "resnet50", *, features_only: bool = False,
+                 out_indices: int | Sequence[int] | None = None, **options) -> ResNet | FeatureListNet:
+    """Build a named architecture with random weights, e.g. ``create_model("resnet50", variant="v1",
+    num_classes=10, in_chans=1)``; ``features_only=True`` gives timm's feature extractor (:class:`FeatureListNet`,
+    ``out_indices`` as timm spells them). For weights (``pretrained=``, ``checkpoint_path=``) use
+    ``resnet50.create_model`` (:mod:`resnet50.factory`), which builds through this."""
+    if {"pretrained", "checkpoint_path"} & set(options):
+        raise UserError("resnet50.model.create_model builds random weights; for pretrained= or checkpoint_path= "
+                        "call resnet50.create_model (resnet50.factory)")
+    if out_indices is not None and not features_only:
+        raise UserError("out_indices selects feature maps: pass features_only=True with it")
+    model = ResNet(model_config(name, **options))
+    return FeatureListNet(model, out_indices) if features_only else model
 
 
 def arch_name(cfg: ResNetConfig) -> str | None:

@@ -1,8 +1,12 @@
 """Weights on disk: our safetensors checkpoints with metadata, and importers for other layouts.
 
-Our format is a safetensors file whose metadata says how to rebuild and use the model:
-``format`` (``resnet50-toolkit/1``), ``arch``, ``config`` (the ResNetConfig as JSON), ``classes`` (JSON list),
-``preprocessing`` (resize, crop, mean, std, interpolation as JSON) and ``source``.
+Our format is a safetensors file whose metadata says how to rebuild and use the model: ``format`` (``pt``,
+safetensors' own key, which Hugging Face's loaders require), ``schema`` (``resnet50-toolkit/1``), ``arch``, ``config``
+(the ResNetConfig as JSON), ``classes`` (JSON list), ``preprocessing`` (resize, crop, mean, std, interpolation as
+JSON) and ``source``. Files written before the ``schema`` key carry ``format: resnet50-toolkit/1`` and still load.
+
+Where weights come from (:func:`load`): a file, a folder in the Hugging Face Hub layout (its ``model.safetensors``),
+or a published name such as ``tv:resnet50.v2`` (:mod:`resnet50.published`: downloaded once, hash-checked, cached).
 
 Importers:
 - torchvision / timm ResNet state dicts (``.pth``/``.pt``/``.bin`` pickles, loaded with ``weights_only=True``, or
@@ -19,6 +23,7 @@ Every write is atomic: a temporary file in the same folder, flushed, then rename
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -36,11 +41,14 @@ from .data.transforms import Preprocessing
 from .errors import UserError
 from .files import atomic_path, output_file
 from .model import ResNet, ResNetConfig, arch_name, model_config
+from .published import fetch, is_published_name
+from .published import get as published_entry
 
 # Our schema, stored under its own key. ``format`` is safetensors' own convention ("pt": torch tensors), which Hugging
 # Face's loaders check; files written before 0.2 carry the schema in ``format`` and are still read.
 SCHEMA = "resnet50-toolkit/1"
 FORMAT = SCHEMA
+HUB_WEIGHTS = "model.safetensors"  # the weights file of a Hugging Face Hub-layout folder (beside config.json)
 
 # Keras applications' "caffe" preprocessing, as RGB means on the 0..1 scale, with std 1/255 (no scaling).
 KERAS_CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
@@ -120,15 +128,18 @@ def save(path: str | os.PathLike, model: ResNet, classes: list[str] | None = Non
 
 
 def load(path: str | os.PathLike, arch: str | None = None, **overrides) -> Checkpoint:
-    """Load any supported weights file: ours (metadata rebuilds the model), a torchvision/timm state dict or a
-    training checkpoint holding one, or Keras ``.h5``.
+    """Load any supported weights: ours (metadata rebuilds the model), a torchvision/timm state dict or a
+    training checkpoint holding one, Keras ``.h5``, a Hugging Face Hub-layout folder (``model.safetensors``), or a
+    published name (``tv:resnet50.v2``, :mod:`resnet50.published`), which comes with its preprocessing and source.
 
     ``arch`` names the architecture expected and ``overrides`` are ResNetConfig fields (``variant``,
     ``num_classes``, ``in_chans``, ...). A file that does not say a field takes it from ``overrides`` (``variant``
     for torchvision files, which cannot be told apart from the tensors: v1 and v1.5 have identical shapes); a
     field the file fixes and an option contradicts is a UserError, never silently ignored."""
-    path = _existing(path)
     wanted = {k: v for k, v in overrides.items() if v is not None}
+    if is_published_name(path):
+        return _load_published(str(path), arch, wanted)
+    path = _existing(path)
     if path.suffix == ".h5":
         ckpt = import_keras(path)
     elif path.suffix == ".safetensors":
@@ -140,7 +151,26 @@ def load(path: str | os.PathLike, arch: str | None = None, **overrides) -> Check
     else:
         ckpt = from_state_dict(read_torch(path), arch, source=f"state dict {path.name}", **wanted)
     check_options(ckpt, path, arch, wanted)
+    ckpt.weights_id = file_id(path)
     return ckpt
+
+
+def _load_published(name: str, arch: str | None, wanted: dict) -> Checkpoint:
+    entry = published_entry(name)
+    path = fetch(entry)
+    if path.suffix == ".h5":
+        ckpt = import_keras(path)
+    else:  # the entry, not the caller, fixes the architecture and the stride placement it was trained with
+        ckpt = from_state_dict(read_torch(path), entry.arch, variant=entry.variant)
+    ckpt.preprocessing, ckpt.source, ckpt.weights_id = entry.preprocessing, entry.describe(), file_id(path)
+    check_options(ckpt, Path(name), arch, wanted)
+    return ckpt
+
+
+def file_id(path: Path) -> str:
+    """A cache key for a weights file: its resolved path, size and modification time."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def check_options(ckpt: Checkpoint, path: Path, arch: str | None, options: dict) -> None:
@@ -174,10 +204,14 @@ def _from_ours(path: Path, meta: dict, sd: dict[str, Tensor]) -> Checkpoint:
 
 
 def _existing(path: str | os.PathLike) -> Path:
+    """The weights file ``path`` names: itself, or a Hugging Face Hub-layout folder's ``model.safetensors``."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"weights file {path} does not exist; check the path")
+        raise UserError(f"weights file {path} does not exist; check the path (published weights are named like "
+                        "tv:resnet50.v2: see 'resnet50 models --published')")
     if path.is_dir():
+        if (path / HUB_WEIGHTS).is_file():
+            return path / HUB_WEIGHTS
         raise UserError(f"{path} is a folder; give the weights file inside it")
     return path
 
