@@ -13,7 +13,7 @@ class UserError(ValueError):
 OPTIONAL = {
     "onnx": ("onnx", "onnx"), "onnxruntime": ("onnxruntime", "onnx"), "onnxscript": ("onnxscript", "onnx"),
     "openvino": ("openvino", "openvino"), "starlette": ("starlette", "serve"), "uvicorn": ("uvicorn", "serve"),
-    "h5py": ("h5py", "keras"), "pycocotools": ("pycocotools", "detect"),
+    "h5py": ("h5py", "keras"), "pycocotools": ("pycocotools", "detect"), "huggingface_hub": ("huggingface_hub", "hf"),
     "tensorboard": ("tensorboard", "tensorboard"), "mlperf_loadgen": ("mlcommons-loadgen", "loadgen"),
 }
 
