@@ -2,9 +2,9 @@
 ``PyTorchModelHubMixin`` (the optional extra ``hf``: ``pip install 'resnet50[hf]'``).
 
 A folder in the Hub layout holds ``config.json`` (the ResNetConfig fields plus ``arch``, ``classes``,
-``preprocessing`` and ``source``), ``model.safetensors`` (our checkpoint: ``format`` "pt" as Hugging Face's loaders require, and
-our metadata, so ``resnet50.weights.load`` and every ``--weights`` read the folder or the file) and a model card
-``README.md``. ``from_pretrained`` takes such a folder or a Hub repo id (``huggingface_hub`` downloads and caches
+``preprocessing`` and ``source``), ``model.safetensors`` (our checkpoint: ``format`` "pt" as Hugging Face's loaders
+require, and our metadata, so ``resnet50.weights.load`` and every ``--weights`` read the folder or the file) and a
+model card ``README.md``. ``from_pretrained`` takes such a folder or a Hub repo id (``huggingface_hub`` downloads and caches
 it; with ``HF_HUB_OFFLINE=1`` only its cache is used) and loads strictly (the mixin's default is not strict).
 
     from resnet50.hf import ResNetHub, save_pretrained
@@ -35,7 +35,9 @@ _RECORD_KEYS = ("arch", "classes", "preprocessing", "source")  # config.json key
 
 def _need_hub() -> None:
     if PyTorchModelHubMixin is None:
-        require("huggingface_hub", "the Hugging Face Hub layout")
+        require("huggingface_hub", "the Hugging Face Hub layout")  # raises the one-line error naming the extra
+        raise UserError("the Hugging Face Hub layout needs huggingface_hub with PyTorchModelHubMixin (0.22 or "
+                        "later): pip install -U huggingface_hub (or: pip install 'resnet50[hf]')")
 
 
 if PyTorchModelHubMixin is not None:

@@ -403,7 +403,8 @@ def _out_indices(out_indices: int | Sequence[int] | None, n: int) -> tuple[int, 
         return tuple(range(n))
     if isinstance(out_indices, int):
         if not 1 <= out_indices <= n:
-            raise UserError(f"out_indices={out_indices} asks for the last {out_indices} of {n} feature maps; use 1..{n}")
+            raise UserError(f"out_indices={out_indices} asks for the last {out_indices} of {n} feature maps; "
+                            f"use 1..{n}")
         return tuple(range(n - out_indices, n))
     idx = [int(i) + n if int(i) < 0 else int(i) for i in out_indices]
     if not idx or any(not 0 <= i < n for i in idx):

@@ -96,7 +96,8 @@ def _tv(arch: str, tag: str, file: str, top1: float, top5: float) -> Published:
 
 def _keras(arch: str, md5: str, top1: float, top5: float) -> Published:
     file = f"{arch}_weights_tf_dim_ordering_tf_kernels.h5"
-    return Published(f"keras:{arch}", arch, f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{file}",
+    url = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{file}"
+    return Published(f"keras:{arch}", arch, url,
                      f"md5:{md5}", Preprocessing(256, 224, interpolation="bilinear", **_CAFFE), top1, top5,
                      "MIT (Kaiming He's Caffe models, converted by Keras)",
                      f"keras.applications {arch.replace('resnet', 'ResNet')} weights='imagenet' (figures: keras.io)",
@@ -247,7 +248,7 @@ def _stream(url: str, out, algo: str, desc: str, progress: bool) -> str:
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, http.client.IncompleteRead):
-        return f"the connection closed {e.expected} bytes before the end" if e.expected else "the connection closed early"
+        return f"the connection closed {e.expected or 'some'} bytes before the end"
     if isinstance(e, urllib.error.HTTPError):
         return f"HTTP {e.code} {e.reason}"
     if isinstance(e, urllib.error.URLError):
