@@ -17,6 +17,7 @@ from .data import MAX_PIXELS, build_dataset, build_loader, eval_transform
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .labels import class_mapping, model_class_keys, remap
+from .tensorboard import Board
 from .weights import load
 
 TTA_MODES = ("none", "flip", "ten-crop")
@@ -138,15 +139,19 @@ def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
 
 def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: str = "none", batch_size: int = 100,
                      workers: int = 0, out: str | None = None, progress: bool = True,
-                     max_pixels: int = MAX_PIXELS) -> dict:
+                     max_pixels: int = MAX_PIXELS, tensorboard: bool = False) -> dict:
     """Evaluate a weights file (or a run folder's best.safetensors) on a dataset with the checkpoint's own
     preprocessing. For images smaller than the crop (28 px Fashion-MNIST into 32), ten-crop first resizes the
-    image to crop + 4 px so that the ten crops differ."""
+    image to crop + 4 px so that the ten crops differ. ``tensorboard``: also write the figures and the confusion
+    matrix as TensorBoard events into ``out``/tensorboard (``resnet50.tensorboard``)."""
     path = Path(weights_path)
     if path.is_dir():
         path = path / "best.safetensors"
+    if tensorboard and not out:
+        raise UserError("--tensorboard writes its events into the --out folder; give --out FOLDER")
     if out:
         output_dir(out)
+    board = Board(Path(out) / "tensorboard") if tensorboard else None
     ckpt = load(path)
     cfg = ckpt.model.cfg
     pre = ckpt.preprocessing.for_channels(cfg.in_chans)
@@ -167,4 +172,7 @@ def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: 
     if out:
         save_confusion(result, out)
         write_json(Path(out) / "metrics.json", result)
+    if board is not None:
+        board.evaluation(result, Path(out) / "confusion.png")
+        board.close()
     return result

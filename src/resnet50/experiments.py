@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .model import ARCHS
+from .tensorboard import Board
 from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, apply_overrides, validate
 from .train import train
 
@@ -37,10 +38,11 @@ def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: f
 
 def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs: int = 8, batch_size: int = 128,
                 lr: float = 0.2, warmup_epochs: float = 0.5, out: str = "runs/degradation", max_steps: int = 0,
-                progress: bool = True, overrides: dict | None = None) -> dict:
+                progress: bool = True, overrides: dict | None = None, tensorboard: bool = False) -> dict:
     """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves.
     ``overrides``: other TrainConfig fields, by name, applied to every net (not the architecture or run name,
-    which the experiment sets per net)."""
+    which the experiment sets per net). ``tensorboard``: each net's run writes TensorBoard events (its
+    ``<out>/<arch>/tensorboard``), and the comparison plot goes to ``<out>/tensorboard``."""
     fixed = sorted(set(overrides or {}) & {"arch", "name"})
     if fixed:
         raise UserError(f"the experiment sets {' and '.join(fixed)} for each net itself; drop "
@@ -57,11 +59,15 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
                 raise UserError(f"no {arch}; available depths: 20, 32, 44, 56, 110")
             cfg = apply_overrides(degradation_config(arch, data, epochs, batch_size, lr, out, max_steps,
                                                      warmup_epochs=warmup_epochs), overrides)
-            hist = train(cfg, progress=progress, log=lambda *a: None)["history"]
+            hist = train(cfg, progress=progress, log=lambda *a: None, tensorboard=tensorboard)["history"]
             runs.append({"arch": arch, "kind": kind, "depth": d, "history": hist,
                          "train_error": 1 - hist[-1]["train_top1"], "val_error": 1 - hist[-1]["val_top1"]})
     plot = Path(out) / "degradation.png"
     _plot(runs, plot)
+    if tensorboard:
+        board = Board(Path(out) / "tensorboard")
+        board.image("degradation", plot, 0)
+        board.close()
     result = {"runs": [{k: v for k, v in r.items() if k != "history"} for r in runs], "plot": str(plot),
               "epochs": epochs, "warmup_epochs": warmup_epochs, "lr_per_256": lr, "data": data}
     write_json(Path(out) / "degradation.json", {**result, "histories": {r["arch"]: r["history"] for r in runs}})

@@ -40,6 +40,7 @@ from .labels import class_mapping
 from .model import ResNet
 from .optim import ModelEMA, build_optimizer, loss_fn, lr_at, mix_batch, soft_targets
 from .recipes import TrainConfig, apply_overrides, run_name
+from .tensorboard import Board
 
 LOG_EVERY = 20  # optimiser steps between reads of the running loss (progress bar, finite check)
 
@@ -310,6 +311,7 @@ class Run:
     steps_per_epoch: int
     peak_lr: float
     log: object = print
+    board: Board | None = None  # TensorBoard events (train(tensorboard=True)), main process only
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -677,6 +679,8 @@ def record(run: Run, row: dict) -> None:
     if run.ddp.main:
         write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in hist))
         plot_curves(run.run_dir / "curves.png", hist)
+        if run.board is not None:
+            run.board.epoch(row, run.run_dir / "curves.png")
         val_txt = f", val top-1 {row['val_top1']:.2%}" if "val_top1" in row else ""
         run.log(f"epoch {row['epoch']}/{run.epochs}: train loss {row['train_loss']:.4f}{val_txt}, "
                 f"{row['img_s']:.0f} img/s, data {row['data_share']:.0%} of the time")
@@ -698,10 +702,11 @@ def describe(run: Run) -> str:
 # --- the loop ------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, progress: bool = True,
-          log=print) -> dict:
+          log=print, tensorboard: bool = False) -> dict:
     """Train per ``cfg``, or continue a run (``resume``: its folder, its last.pt, or the checkpoint dict that
     :func:`resume_config` returned). Returns the last epoch's metrics with ``run_dir``, ``best_val_top1`` and the
-    whole ``history`` (one row per epoch)."""
+    whole ``history`` (one row per epoch). ``tensorboard``: also write each row to TensorBoard
+    (``resnet50.tensorboard``)."""
     started = clock()
     checkpoint = load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if checkpoint is not None:
@@ -712,6 +717,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
         cfg.data.data = str(Path(cfg.data.data).resolve())  # the run folder can be resumed from anywhere
     run = setup(cfg, checkpoint, log)
     run.started = started
+    if tensorboard and run.ddp.main:  # a resumed run's redone epochs replace those logged before
+        run.board = Board(run.run_dir / "tensorboard", purge_step=run.state.epoch + 1)
     if run.ddp.main:
         write_json(run.run_dir / "config.json", cfg.to_dict(), indent=2)
         log(describe(run))
@@ -735,6 +742,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
         epoch += 1
     if run.ddp.main:
         run.save_weights("final.safetensors", f"resnet50 train {cfg.recipe} step {run.state.step}")
+    if run.board is not None:
+        run.board.close()
     if run.ddp.world > 1:
         dist.barrier()
     last = run.state.history[-1] if run.state.history else {}

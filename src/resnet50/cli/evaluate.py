@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse images larger than this many pixels (decompression bombs); default {MAX_PIXELS}")
     p.add_argument("--out", default=None, help="folder for confusion.json / confusion.png / metrics.json")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events into --out/tensorboard "
+                   "(needs the extra resnet50[tensorboard])")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
@@ -27,7 +29,7 @@ def register(sub) -> None:
 def run(args) -> int:
     result = evaluate_weights(args.weights, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
                               workers=args.workers, out=args.out, progress=not args.no_progress,
-                              max_pixels=args.max_pixels)
+                              max_pixels=args.max_pixels, tensorboard=args.tensorboard)
     if args.json:
         print_json(result)
         return 0

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear warmup, the same for every net")
     p.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (smoke tests)")
     p.add_argument("--out", default="runs/degradation")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events into each run's "
+                   "folder (needs the extra resnet50[tensorboard])")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     add_config_flags(p, skip=OWN)
@@ -28,7 +30,8 @@ def run(args) -> int:
     depths = [int(x) for x in args.depths.split(",") if x.strip()]
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps,
-                         progress=not args.no_progress, overrides=config_overrides(args, OWN))
+                         progress=not args.no_progress, overrides=config_overrides(args, OWN),
+                         tensorboard=args.tensorboard)
     if args.json:
         print_json(result)
     else:

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN", help="a run folder or last.pt to continue exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to RUN/tensorboard (needs the extra resnet50[tensorboard])")
     add_config_flags(p)
     p.set_defaults(func=run)
 
@@ -23,7 +25,7 @@ def run(args) -> int:
         cfg, checkpoint = resume_config(args.resume, overrides)
     else:
         cfg, checkpoint = resolve(args.recipe, overrides), None
-    result = train(cfg, resume=checkpoint, progress=not args.no_progress)
+    result = train(cfg, resume=checkpoint, progress=not args.no_progress, tensorboard=args.tensorboard)
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
     else:
