@@ -6,24 +6,43 @@ file name, so ``n01440764/img_0001.jpg`` and ``n01440764/img_0001.cls`` form one
 else the ``label`` field of ``json``. Other members are ignored.
 
 Shards are named by a brace pattern (``shard-{000000..000009}.tar``, ``{a,b}``), a glob, a list, or a folder of
-``.tar`` files. Each epoch the shard list is shuffled by (seed, epoch) (training only), then split across
-distributed ranks and then across DataLoader workers, so every sample is read exactly once per epoch over all of
-them; samples are then shuffled through a buffer of ``shuffle_buffer`` samples seeded by (seed, epoch, rank,
-worker). Give it at least ranks x workers shards, or some workers sit idle. Ranks may see a few samples more or
+``.tar`` files, each a local path or a URL (the webdataset package's spellings):
+
+    pipe:CMD            the standard output of a shell command (``pipe:curl -s https://host/shard-000.tar``); a
+                        non-zero exit status is a read error
+    http://, https://   streamed by fsspec (aiohttp) when aiohttp is installed, else by urllib; a body shorter than
+                        its Content-Length is a read error
+    s3://, gs://, ...   any fsspec protocol whose package is installed (s3fs, gcsfs, ...); globs are expanded there
+
+A remote shard (any URL) that fails while being read is opened again, up to ``READ_RETRIES`` times, and its
+samples already given are skipped on the new pass (a shard's order is fixed), so a dropped connection neither loses
+nor repeats a sample; when every attempt fails the shard ends with one ``Skipped`` record naming the error and the
+count of samples read. Local shards are not retried.
+
+Each epoch the shard list is shuffled by (seed, epoch) (training only), then split across distributed ranks and
+then across DataLoader workers, so every sample is read exactly once per epoch over all of them; samples are then
+shuffled through a buffer of ``shuffle_buffer`` samples seeded by (seed, epoch, rank, worker). Give it at least ranks x workers shards, or some workers sit idle. Ranks may see a few samples more or
 fewer than each other (shards differ in size); the training loop must not assume equal step counts per rank.
 
 Class names come from ``classes``, else a ``classes.txt`` (one per line) beside the shards, else a scan of every
-shard's labels (reads only tar headers and the small ``cls`` members, and also counts ``num_samples``).
+shard's labels (reads only tar headers and the small ``cls`` members, and also counts ``num_samples``; for URL
+shards the scan downloads every shard once: pass ``classes`` or serve a classes.txt to avoid it).
 """
 
 from __future__ import annotations
 
+import collections
 import glob
+import importlib.util
 import json
 import os
 import posixpath
 import re
+import subprocess
 import tarfile
+import tempfile
+import time
+import urllib.request
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +59,9 @@ from .decode import MAX_PIXELS, ImageDecodeError, Skipped, decode_image
 from .seeding import mix_seed
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+READ_RETRIES = 3  # a remote shard is opened at most 1 + READ_RETRIES times
+RETRY_DELAY_S = 0.5  # doubled after each failed attempt
+URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class RawSample(NamedTuple):
@@ -67,11 +89,49 @@ def expand_braces(spec: str) -> list[str]:
     return [out for option in options for out in expand_braces(head + option + tail)]
 
 
+def is_url(spec: str) -> bool:
+    """A ``pipe:`` command or a ``scheme://`` URL (not a local path)."""
+    return spec.startswith("pipe:") or bool(URL_RE.match(spec))
+
+
+def _fsspec_filesystem(url: str):
+    """The fsspec filesystem class for ``url``'s protocol; a one-line UserError when its package is missing."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        return fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        raise UserError(f"cannot read {scheme}:// shards: {str(e).splitlines()[0]}") from None
+
+
+def _expand_remote(spec: str) -> list[str]:
+    shards = []
+    for name in expand_braces(spec):
+        if name.startswith("pipe:") or name.split("://", 1)[0] in ("http", "https"):
+            shards.append(name)
+            continue
+        fs_class = _fsspec_filesystem(name)
+        if any(c in name for c in "*?["):
+            fs = fs_class()
+            protocol = name.split("://", 1)[0]
+            found = sorted(p if "://" in p else f"{protocol}://{p}" for p in fs.glob(name))
+            if not found:
+                raise UserError(f"no shard matches {name}")
+            shards.extend(found)
+        else:
+            shards.append(name)
+    return shards
+
+
 def expand_urls(urls: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Shard paths from a pattern, glob, folder or list; every one must exist."""
+    """Shard paths or URLs from a pattern, glob, folder or list; every local one must exist (URLs are checked when
+    read)."""
     if not isinstance(urls, (str, os.PathLike)):
         return [s for u in urls for s in expand_urls(u)]
     spec = os.fspath(urls)
+    if is_url(spec):
+        return _expand_remote(spec)
     if Path(spec).is_dir():
         shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
         if not shards:
@@ -92,12 +152,112 @@ def expand_urls(urls: str | os.PathLike | Sequence[str]) -> list[str]:
     return shards
 
 
-def read_shard(shard: str) -> Iterator[RawSample | Skipped]:
-    """The samples of one shard, in tar order. A shard that turns out to be unreadable or truncated ends with one
-    ``Skipped`` record for it (the sample being read when it broke is lost with it)."""
-    key, files, count = None, {}, 0
+def _http_via_fsspec() -> bool:
+    """fsspec reads http(s) through aiohttp; without it, urllib streams the shard."""
+    return importlib.util.find_spec("aiohttp") is not None
+
+
+class ShardStream:
+    """A shard's bytes, read front to back: a local file, a ``pipe:`` command's output, or a URL (see the module
+    docstring). Any failure of the transport is raised as ``OSError``; the last ``TAIL`` bytes read are kept, so that
+    the tar end marker can be checked without seeking."""
+
+    TAIL = 1 << 16
+
+    def __init__(self, shard: str) -> None:
+        self.shard, self.pos, self.proc = shard, 0, None
+        self.tail: collections.deque = collections.deque()  # (offset, bytes) of the last chunks read
+        self.tail_bytes = 0
+        try:
+            self.raw = self._open(shard)
+        except OSError:
+            raise
+        except Exception as e:  # aiohttp / botocore errors are not OSErrors
+            raise OSError(f"cannot open {shard}: {type(e).__name__}: {e}") from e
+
+    def _open(self, shard: str):
+        if shard.startswith("pipe:"):
+            self.stderr = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(shard[5:], shell=True, stdout=subprocess.PIPE, stderr=self.stderr)
+            return self.proc.stdout
+        if not URL_RE.match(shard):
+            return open(shard, "rb")
+        if shard.split("://", 1)[0] in ("http", "https") and not _http_via_fsspec():
+            return urllib.request.urlopen(shard, timeout=60)  # noqa: S310 (http and https only)
+        import fsspec
+
+        # block_size=0: a streaming response; a filesystem of our own, not fsspec's cached one (it is not fork-safe)
+        try:
+            return fsspec.open(shard, "rb", block_size=0, skip_instance_cache=True).open()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"not found (HTTP 404 or no such object): {shard}") from None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.raw.read(n)
+        except OSError:
+            raise
+        except Exception as e:  # aiohttp.ClientPayloadError, http.client.IncompleteRead: not OSErrors
+            raise OSError(f"{type(e).__name__}: {e}") from e
+        if data:
+            self.tail.append((self.pos, data))
+            self.pos += len(data)
+            self.tail_bytes += len(data)
+            while self.tail_bytes - len(self.tail[0][1]) >= self.TAIL:
+                self.tail_bytes -= len(self.tail.popleft()[1])
+        return data
+
+    def finish(self) -> None:
+        """Read to the end (record padding) and check the transport's own verdict (a pipe's exit status)."""
+        while self.read(1 << 16):
+            pass
+        if self.proc is not None:
+            self.proc.stdout.close()
+            error = self.exit_error(None)
+            if error is not None:
+                raise error
+
+    def exit_error(self, wait_s: float | None) -> OSError | None:
+        """A ``pipe:`` command's failure (non-zero exit status, its last error output), waiting up to ``wait_s``
+        for it to end; None for a success, a command still running, or a URL."""
+        if self.proc is None:
+            return None
+        try:
+            status = self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+        if status == 0:
+            return None
+        self.stderr.seek(0)
+        message = self.stderr.read()[-300:].decode("utf-8", "replace").strip().replace("\n", " ")
+        return OSError(f"the command exited with status {status}" + (f": {message}" if message else ""))
+
+    def zeros_at(self, offset: int, n: int) -> bool | None:
+        """Whether the ``n`` bytes at ``offset`` were all zero, or None when they are no longer in the tail."""
+        got = b"".join(chunk[max(0, offset - at):offset + n - at] for at, chunk in self.tail
+                       if at < offset + n and at + len(chunk) > offset)
+        if self.tail and self.tail[0][0] > offset:
+            return None
+        return got == bytes(n)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except Exception:  # closing a broken connection may fail again; the error was reported when reading
+            pass
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.stderr.close()
+
+
+def _read_once(shard: str) -> Iterator[RawSample]:
+    """The samples of one shard in tar order, each yielded once complete; raises on any read or format error."""
+    stream = ShardStream(shard)
+    key, files = None, {}
     try:
-        with tarfile.open(shard, "r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -110,24 +270,61 @@ def read_shard(shard: str) -> Iterator[RawSample | Skipped]:
                 if member_key != key:
                     if files:
                         yield RawSample(shard, key, files)
-                        count += 1
                     key, files = member_key, {}
                 files[ext.lower()] = data
             end, plain = tar.offset, getattr(tar.fileobj, "comptype", "tar") == "tar"
+        stream.finish()
         # tarfile takes a file cut at a 512-byte boundary for a finished archive; a whole one has an end marker of
         # two zero blocks there. (A cut compressed shard fails in its decompressor instead.)
-        if plain and not _has_end_marker(shard, end):
+        if plain and stream.zeros_at(end, 1024) is False:
             raise tarfile.ReadError("it ends without the tar end marker (truncated)")
         if files:
             yield RawSample(shard, key, files)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        yield Skipped(shard, f"unreadable tar shard after {count} samples: {e}")
+        failed = stream.exit_error(1.0)  # a command that failed explains a short or empty tar better
+        if failed is not None and failed is not e:
+            raise failed from e
+        raise
+    finally:
+        stream.close()
 
 
-def _has_end_marker(shard: str, offset: int) -> bool:
-    with open(shard, "rb") as f:
-        f.seek(offset)
-        return f.read(1024) == bytes(1024)
+def read_shard(shard: str, retries: int | None = None) -> Iterator[RawSample | Skipped]:
+    """The samples of one shard, in tar order. A remote shard that fails is read again up to ``retries`` times
+    (default ``READ_RETRIES``; local shards 0), skipping the samples already given; a shard that stays unreadable or
+    truncated ends with one ``Skipped`` record for it (the sample being read when it broke is lost with it)."""
+    retries = (READ_RETRIES if is_url(shard) else 0) if retries is None else retries
+    given, error = 0, None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+        try:
+            for i, sample in enumerate(_read_once(shard)):
+                if i >= given:  # on a new pass, the samples before the failure were given already
+                    given += 1
+                    yield sample
+            return
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            error = e
+    tries = f" in {retries + 1} attempts" if retries else ""
+    yield Skipped(shard, f"unreadable tar shard after {given} samples{tries}: {error}")
+
+
+def _classes_txt(first_shard: str) -> str | None:
+    """The text of the ``classes.txt`` beside the shards (local folder or URL folder), or None."""
+    if first_shard.startswith("pipe:"):
+        return None
+    if not URL_RE.match(first_shard):
+        path = Path(first_shard).parent / "classes.txt"
+        return path.read_text() if path.is_file() else None
+    try:
+        stream = ShardStream(first_shard.rsplit("/", 1)[0] + "/classes.txt")
+        try:
+            return b"".join(iter(lambda: stream.read(1 << 16), b"")).decode("utf-8")
+        finally:
+            stream.close()
+    except (OSError, UnicodeDecodeError):  # absent (404) or unreadable: scan the shards instead
+        return None
 
 
 def sample_label(raw: RawSample) -> int:
@@ -179,9 +376,9 @@ class WebDataset(IterableDataset):
         self.draft_size = draft_size
         self.max_pixels = max_pixels
         self.num_samples: int | None = None
-        names_file = Path(self.shards[0]).parent / "classes.txt"
-        if classes is None and names_file.is_file():
-            classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if classes is None:
+            text = _classes_txt(self.shards[0])
+            classes = None if text is None else [line.strip() for line in text.splitlines() if line.strip()]
         if classes is None:
             self.num_samples, top = self._scan()
             classes = [str(i) for i in range(top + 1)]
@@ -193,9 +390,10 @@ class WebDataset(IterableDataset):
         count, top = 0, -1
         for shard in self.shards:
             try:
-                with tarfile.open(shard, "r:*") as tar:
+                stream = ShardStream(shard) if is_url(shard) else None  # URLs: one streaming pass
+                with tarfile.open(shard, "r:*") if stream is None else tarfile.open(fileobj=stream, mode="r|*") as tar:
                     images, labels = set(), []
-                    for member in tar.getmembers():
+                    for member in tar:
                         folder, name = posixpath.split(member.name)
                         stem, _, ext = name.partition(".")
                         if ext.lower() in IMAGE_KEYS:
@@ -207,6 +405,9 @@ class WebDataset(IterableDataset):
             except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
                 warnings.warn(f"{shard} is unreadable ({e}); its samples will be skipped", stacklevel=3)
                 continue
+            finally:
+                if stream is not None:
+                    stream.close()
             count += len(images)
             top = max([top, *labels])
         if count == 0:
