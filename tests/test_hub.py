@@ -134,6 +134,14 @@ def test_the_registry_entries_are_complete_and_consistent():
         published.get("tv:resnet50.V2")
 
 
+def test_models_lists_the_published_weights(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert main(["models", "--published", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows.keys() == published.PUBLISHED.keys() and not any(r["cached"] for r in rows.values())
+    assert (rows["tv:resnet50.v2"]["top1"], rows["tv:resnet50.v2"]["preprocessing"]["resize"]) == (80.858, 232)
+
+
 def test_a_matching_download_loads_once_and_keeps_the_metadata(registry, server, standin, tmp_path):
     sd, _, _ = standin
     ckpt = weights.load("test:standin.v1")
