@@ -278,6 +278,22 @@ def _norm(v):
     return tuple(v) if isinstance(v, list) else v
 
 
+def elastic_restart(cfg: TrainConfig) -> Path | None:
+    """The checkpoint a worker restarted by torchrun continues from, or None on a first start.
+
+    ``torchrun --max-restarts N`` restarts every worker with the same command line after one fails, counting the
+    restarts in ``TORCHELASTIC_RESTART_COUNT`` (torch.distributed.elastic): a restarted worker resumes the run
+    folder's ``last.pt`` (atomic, so whole after any kill) exactly, or starts again when none was written yet. The
+    folder must not depend on the start time: an elastic job (``TORCHELASTIC_MAX_RESTARTS`` > 0) needs --name."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and not cfg.run.name:
+        raise UserError("torchrun --max-restarts restarts the workers, which find their run folder by name; give "
+                        "--name (a restarted worker then continues its last.pt)")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    last = Path(cfg.run.out) / cfg.run.name / "last.pt"
+    return last if last.exists() else None
+
+
 def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[TrainConfig, dict]:
     """The config of the run at ``path`` (a run folder or its last.pt) with ``overrides`` applied and checked,
     and the checkpoint. The run continues in the checkpoint's own folder, wherever it is called from; its data
@@ -366,6 +382,8 @@ class Run:
         if self.ema is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         self.state.load_state_dict(checkpoint)
+        if not self.ddp.main:  # the epoch's running figures are the job's sums (EpochMeter.saved): rank 0's alone
+            self.state.epoch_stats = None
         self.data.train_loader.load_state_dict(checkpoint["loader"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if self.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
@@ -518,7 +536,14 @@ class EpochMeter:
         self.compute_s, self.mark = self.compute_s + now - self.mark, now
 
     def saved(self) -> list:
-        return [float(self.loss), int(self.correct), self.seen, self.skipped_before + len(self.skipped)]
+        """The running [loss sum, correct, seen, skipped] for a mid-epoch checkpoint, summed over processes: the
+        job's figures, which rank 0 alone carries on after a resume (:meth:`Run.restore`)."""
+        stats = torch.tensor([float(self.loss), int(self.correct), self.seen,
+                              self.skipped_before + len(self.skipped)], dtype=torch.float64, device=self.loss.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        loss, correct, seen, skipped = stats.tolist()
+        return [loss, int(correct), int(seen), int(skipped)]
 
     def row(self, run: Run, epoch: int, res: int) -> dict:
         """The epoch's metrics.jsonl row, summed over processes."""

@@ -1,7 +1,7 @@
 """resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
 
 from ..recipes import RECIPES, resolve
-from ..train import resume_config, train
+from ..train import elastic_restart, resume_config, train
 from . import add_config_flags, config_overrides, print_json
 
 
@@ -21,8 +21,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     overrides = config_overrides(args)
-    if args.resume:
-        cfg, checkpoint = resume_config(args.resume, overrides)
+    # a worker that torchrun --max-restarts restarted continues its run's last checkpoint by itself
+    resume = args.resume or elastic_restart(resolve(args.recipe, overrides))
+    if resume:
+        cfg, checkpoint = resume_config(resume, overrides)
     else:
         cfg, checkpoint = resolve(args.recipe, overrides), None
     result = train(cfg, resume=checkpoint, progress=not args.no_progress, tensorboard=args.tensorboard)
