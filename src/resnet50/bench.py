@@ -12,13 +12,24 @@ shape and engine count, since each library's GEMM is what its convolutions run o
 image (``resnet50.summary``: 2 x the conv and fc MACs).
 That is the img/s a backend would reach if every FLOP ran at the GEMM rate; INT8 backends can exceed it, since
 integer dot products (VNNI) do 4x the multiply-adds of fp32 FMA per instruction.
+
+MLPerf's own rules (:func:`loadgen_benchmark`, optional: ``pip install 'resnet50[loadgen]'``): MLCommons' LoadGen
+(``mlperf_loadgen``) drives one backend as the system under test in its SingleStream, Offline or Server scenario,
+in performance mode, and judges the run (VALID / INVALID: minimum duration, minimum query count, early stopping,
+and for Server the latency bound). The settings are sized from a short calibration of the backend on this machine
+(see :func:`loadgen_settings`), written in the report beside LoadGen's verdict and percentiles and ours.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import platform
+import queue
+import re
 import tempfile
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,7 +48,7 @@ from .backends import (
     physical_cores,
 )
 from .cpu import cpu_info
-from .errors import UserError
+from .errors import UserError, require
 from .infer import create_backend, load_model, resolve_backend
 from .quantize import quantize_random
 from .summary import count_params, summarize
@@ -291,4 +302,266 @@ def format_report(r: dict) -> str:
         if parts:
             lines.append(f"batch {batch}: " + "; ".join(parts))
     lines += [f"note: {n}" for n in r.get("notes", [])]
+    return "\n".join(lines)
+
+
+# --- MLPerf LoadGen -------------------------------------------------------------------------------------------
+
+LOADGEN_SCENARIOS = ("SingleStream", "Offline", "Server")
+LOADGEN_SCHEMA = "resnet50-loadgen/1"
+# Fewest queries for which LoadGen's early stopping can pass (loadgen 4.0+, early_stopping.cc): SingleStream's
+# 90th-percentile estimate needs 64; Server's 99th-percentile check needs 459 queries with none over the bound.
+SINGLE_STREAM_MIN_QUERIES = 64
+SERVER_MIN_QUERIES = 500
+LOADGEN_MARGIN = 2.0  # expected speed = 2x the fastest calibrated call (see loadgen_settings)
+
+
+def calibrate(backend, shape: tuple[int, ...], max_batch: int, seconds: float = 1.0, warmup: int = 3) -> dict:
+    """A backend's batch-1 latency (median and fastest call) and its best images/s at ``max_batch`` (fastest call),
+    each shape timed for ``seconds`` (at least 10 and 3 calls) after ``warmup`` untimed calls. The fastest call is
+    the figure that other load on a shared machine disturbs least."""
+    def timed(x: np.ndarray, least: int) -> list[float]:
+        for _ in range(warmup):
+            backend(x)
+        times, end = [], time.perf_counter() + seconds
+        while len(times) < least or (time.perf_counter() < end and len(times) < 500):
+            times += time_backend(backend, x, 0, 1)
+        return times
+    one = timed(np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32), 10)
+    batch = timed(np.random.default_rng(1).standard_normal((max_batch, *shape), dtype=np.float32), 3)
+    return {"batch1_latency_ms": float(np.median(one)) * 1e3, "batch1_fastest_ms": min(one) * 1e3,
+            "batch_img_s": max_batch / min(batch), "max_batch": max_batch, "calls": [len(one), len(batch)],
+            "warmup": warmup}
+
+
+def loadgen_settings(scenario: str, calibration: dict, duration_s: float, target_latency_ms: float | None = None,
+                     target_qps: float | None = None) -> dict:
+    """LoadGen settings sized for this machine from ``calibration``: every run lasts at least ``duration_s``.
+
+    LoadGen fixes a run's query count in advance from the expected speed, and a run that ends before the minimum
+    duration is INVALID; so the expectations err fast by ``LOADGEN_MARGIN`` (2x the fastest calibrated call), which
+    makes a run longer (about 2x the duration on an idle machine), never shorter. SingleStream: expected latency =
+    the fastest batch-1 call / 2, at least 64 queries. Offline: expected QPS = 2 x the best batch throughput
+    (LoadGen sends 1.1 x QPS x duration samples in one query). Server: Poisson arrivals at ``target_qps``
+    (default: half the batch-1 rate, 0.5 / median latency), 99th-percentile latency bound ``target_latency_ms``
+    (default: 10 x the median batch-1 latency), at least 500 queries (the run lasts at least 500 / target_qps s)."""
+    if scenario not in LOADGEN_SCENARIOS:
+        raise UserError(f"unknown LoadGen scenario {scenario!r}; choose one of {', '.join(LOADGEN_SCENARIOS)}")
+    if duration_s <= 0:
+        raise UserError(f"--loadgen-duration must be > 0 seconds, got {duration_s}")
+    latency = calibration["batch1_latency_ms"]
+    out = {"scenario": scenario, "mode": "PerformanceOnly", "min_duration_ms": int(duration_s * 1e3)}
+    if scenario == "SingleStream":
+        out.update(min_query_count=SINGLE_STREAM_MIN_QUERIES,
+                   expected_latency_ms=round(calibration["batch1_fastest_ms"] / LOADGEN_MARGIN, 3))
+    elif scenario == "Offline":
+        out.update(min_query_count=1, expected_qps=round(calibration["batch_img_s"] * LOADGEN_MARGIN, 2))
+    else:
+        qps = target_qps or 0.5 * 1e3 / latency
+        bound = target_latency_ms or 10 * latency
+        if qps <= 0 or bound <= 0:
+            raise UserError("--loadgen-target-qps and --loadgen-target-latency-ms must be > 0")
+        out.update(min_query_count=SERVER_MIN_QUERIES, target_qps=round(qps, 3), target_latency_ms=round(bound, 3),
+                   target_latency_percentile=0.99, expected_run_s=round(max(duration_s, SERVER_MIN_QUERIES / qps), 1))
+    return out
+
+
+class _LoadgenSUT:
+    """The system under test: LoadGen's issue callback queues (id, sample index, time) and one inference thread
+    runs what is queued in batches of up to ``max_batch`` (the serve batcher's rule, without waiting), then
+    reports each sample complete. Per-sample latencies (issue to completion) are kept for our own percentiles."""
+
+    def __init__(self, lg, backend, samples: np.ndarray, max_batch: int) -> None:
+        self.lg, self.backend, self.samples, self.max_batch = lg, backend, samples, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.latencies: list[float] = []
+        self.batches = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="resnet50-loadgen", daemon=True)
+        self.thread.start()
+
+    def issue(self, query_samples) -> None:
+        now = time.perf_counter()
+        for q in query_samples:  # copy out of LoadGen's objects now: they are not ours after the callback
+            self.queue.put((q.id, q.index, now))
+
+    def flush(self) -> None:
+        pass
+
+    def run_here(self, fn):
+        """``fn()`` on the inference thread (calibration: the thread, and so the thread pool state, of the run)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((fn, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            if len(first) == 2:  # a run_here call
+                fn, fut = first
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:
+                    fut.set_exception(e)
+                continue
+            items = [first]
+            while len(items) < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None or len(item) == 2:
+                    self.queue.put(item)  # handled next time round (order does not matter: LoadGen waits)
+                    break
+                items.append(item)
+            try:
+                self.backend(self.samples[[index for _, index, _ in items]])
+            except BaseException as e:  # reported after the run; LoadGen still needs every sample completed
+                self.error = self.error or e
+            done = time.perf_counter()
+            self.batches += 1
+            self.latencies += [done - t for _, _, t in items]
+            self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(qid, 0, 0) for qid, _, _ in items])
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=60)
+
+
+def parse_loadgen_log(detail: Path) -> dict:
+    """LoadGen's verdict and figures from its ``mlperf_log_detail.txt`` (one ``:::MLLOG {json}`` per line)."""
+    values = {}
+    for line in detail.read_text(errors="replace").splitlines():
+        if line.startswith(":::MLLOG "):
+            try:
+                entry = json.loads(line[len(":::MLLOG "):])
+            except ValueError:
+                continue
+            values[entry["key"]] = entry["value"]
+    if "result_validity" not in values:
+        raise UserError(f"LoadGen wrote no result into {detail}; the run did not finish")
+    latency = {}
+    for key, v in values.items():
+        m = re.fullmatch(r"result_(\d+\.\d+)_percentile_latency_ns", key)
+        if m:
+            latency[f"p{float(m.group(1)):g}"] = v / 1e6
+    for name in ("min", "mean", "max"):
+        if f"result_{name}_latency_ns" in values:
+            latency[name] = values[f"result_{name}_latency_ns"] / 1e6
+    rate = next((values[k] for k in ("result_samples_per_second", "result_completed_samples_per_sec",
+                                     "result_qps_without_loadgen_overhead") if k in values), None)
+    return {
+        "result": values["result_validity"],
+        "checks": {k: values[f"result_{k}_met"] if k != "early_stopping" else values["early_stopping_met"]
+                   for k in ("min_duration", "min_queries", "perf_constraints", "early_stopping")
+                   if f"result_{k}_met" in values or (k == "early_stopping" and "early_stopping_met" in values)},
+        "early_stopping": " ".join(str(values.get("early_stopping_result", "")).split()) or None,
+        "latency_ms": dict(sorted(latency.items())), "samples_per_s": rate,
+        "query_count": values.get("result_query_count"), "errors": values.get("num_errors"),
+        "loadgen_version": values.get("loadgen_version"),
+        "effective": {k.removeprefix("effective_"): v for k, v in values.items() if k in (
+            "effective_min_duration_ms", "effective_min_query_count", "effective_samples_per_query",
+            "effective_target_qps", "effective_target_latency_ns", "effective_target_latency_percentile")},
+    }
+
+
+def loadgen_benchmark(scenario: str, weights: str | None = None, arch: str | None = None, backend: str = "auto",
+                      size: int | None = None, threads: int | None = None, max_batch: int = 16,
+                      duration_s: float = 10.0, target_latency_ms: float | None = None,
+                      target_qps: float | None = None, samples: int = 64, out: str | None = None,
+                      **options) -> dict:
+    """Run MLPerf LoadGen's ``scenario`` against ``backend`` on one model; see the module docstring.
+
+    ``samples``: the query sample library, that many random float32 inputs of the model's shape held in memory
+    (LoadGen's performance sample count). ``out``: keep LoadGen's logs (mlperf_log_summary.txt, _detail.txt)
+    there; by default a temporary folder. Raises UserError for a bad setting or a missing ``loadgen`` extra."""
+    lg = require("mlperf_loadgen", "resnet50 benchmark --loadgen")
+    if max_batch < 1 or samples < 1:
+        raise UserError(f"--batch and the sample count must be >= 1 (got {max_batch}, {samples})")
+    loaded = load_model(weights, arch, size, **options)
+    threads = threads or physical_cores()
+    runner = create_backend(backend, loaded, threads)
+    shape = (loaded.in_chans, loaded.size, loaded.size)
+    max_batch = 1 if scenario == "SingleStream" else max_batch
+    data = np.random.default_rng(0).standard_normal((samples, *shape), dtype=np.float32)
+    sut_impl = _LoadgenSUT(lg, runner, data, max_batch)
+    try:
+        calibration = sut_impl.run_here(lambda: calibrate(runner, shape, max_batch))
+        settings = loadgen_settings(scenario, calibration, duration_s, target_latency_ms, target_qps)
+    except BaseException:
+        sut_impl.close()
+        raise
+
+    ts = lg.TestSettings()
+    ts.scenario = getattr(lg.TestScenario, scenario)
+    ts.mode = lg.TestMode.PerformanceOnly
+    ts.min_duration_ms, ts.min_query_count = settings["min_duration_ms"], settings["min_query_count"]
+    if scenario == "SingleStream":
+        ts.single_stream_expected_latency_ns = int(settings["expected_latency_ms"] * 1e6)
+    elif scenario == "Offline":
+        ts.offline_expected_qps = settings["expected_qps"]
+    else:
+        ts.server_target_qps = settings["target_qps"]
+        ts.server_target_latency_ns = int(settings["target_latency_ms"] * 1e6)
+        ts.server_target_latency_percentile = settings["target_latency_percentile"]
+
+    with tempfile.TemporaryDirectory(prefix="resnet50-loadgen-") as tmp:
+        logs = Path(out) if out else Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        log_settings = lg.LogSettings()
+        log_settings.log_output.outdir = str(logs)
+        log_settings.log_output.copy_summary_to_stdout = False
+        sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
+        qsl = lg.ConstructQSL(samples, samples, lambda _: None, lambda _: None)  # the samples stay in memory
+        start = time.perf_counter()
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, ts, log_settings)
+        finally:
+            wall = time.perf_counter() - start
+            sut_impl.close()
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+        if sut_impl.error is not None:
+            raise sut_impl.error
+        verdict = parse_loadgen_log(logs / "mlperf_log_detail.txt")
+    verdict["logs"] = str(logs) if out else None
+    lat = sut_impl.latencies
+    ours = {"samples": len(lat), "batches": sut_impl.batches, "wall_s": round(wall, 2),
+            "samples_per_s": len(lat) / wall if wall else None, "latency_ms": latency_stats(lat) if lat else None}
+    return {"schema": LOADGEN_SCHEMA, "scenario": scenario, "backend": runner.name, "threads": threads,
+            "model": {"arch": loaded.arch, "size": loaded.size, "source": loaded.source},
+            "hardware": hardware(), "versions": {**versions(), "mlcommons-loadgen": _version("mlcommons-loadgen")},
+            "calibration": calibration, "settings": settings, "loadgen": verdict, "ours": ours}
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def format_loadgen(r: dict) -> str:
+    s, v, o = r["settings"], r["loadgen"], r["ours"]
+    sized = {"SingleStream": f"expected latency {s.get('expected_latency_ms')} ms",
+             "Offline": f"expected {s.get('expected_qps')} samples/s",
+             "Server": f"target {s.get('target_qps')} queries/s, p99 bound {s.get('target_latency_ms')} ms"}
+    lines = [f"MLPerf LoadGen {v['loadgen_version']} {r['scenario']} on {r['model']['arch']} at {r['model']['size']} "
+             f"px, backend {r['backend']}, {r['threads']} threads; {r['hardware']['cpu']}",
+             f"settings: min duration {s['min_duration_ms'] / 1e3:g} s, min queries {s['min_query_count']}, "
+             f"{sized[r['scenario']]} (from calibration: batch-1 {r['calibration']['batch1_latency_ms']:.1f} ms, "
+             f"{r['calibration']['batch_img_s']:.1f} img/s at batch {r['calibration']['max_batch']})",
+             f"LoadGen: {v['result']} ({', '.join(f'{k} {str(x).lower()}' for k, x in v['checks'].items())}); "
+             f"{v['query_count']} queries, {v['samples_per_s']:.1f} samples/s; latency ms "
+             + ", ".join(f"{k} {x:.1f}" for k, x in v["latency_ms"].items() if k in ("p50", "p90", "p99"))]
+    if o["latency_ms"]:
+        lines.append(f"ours:    {o['samples']} samples in {o['batches']} batches, {o['samples_per_s']:.1f} samples/s; "
+                     f"latency ms p50 {o['latency_ms']['p50']:.1f}, p90 {o['latency_ms']['p90']:.1f}, "
+                     f"p99 {o['latency_ms']['p99']:.1f}")
+    if v["early_stopping"]:
+        lines.append(f"early stopping: {v['early_stopping']}")
+    if v["logs"]:
+        lines.append(f"LoadGen logs: {v['logs']}")
     return "\n".join(lines)
