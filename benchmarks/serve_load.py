@@ -1,11 +1,14 @@
 """Bounded load test of ``resnet50 serve``: 1,000 requests at 8-way concurrency, 10 % malformed, on 127.0.0.1.
 
     python benchmarks/serve_load.py [--requests 1000] [--concurrency 8] [--arch resnet50] [--backend auto]
+                                    [--route predict|v2]
 
 Starts the server as a subprocess on a free loopback port (random-weight model saved to a temporary checkpoint;
 the server exports and caches its ONNX file there), waits for /health, sends the requests (JPEG photos-sized
 images; every 10th request a malformed body), then prints client-side latency p50/p99, status counts and the
 server's batch-size histogram from /metrics, and stops the server. Traffic goes only to 127.0.0.1.
+``--route v2`` sends each image as an Open Inference Protocol (KServe v2) infer request instead: one BYTES input with
+the binary tensor extension, built by tritonclient (``generate_request_body``), outputs binary.
 """
 
 import argparse
@@ -52,6 +55,17 @@ def photo(seed: int) -> bytes:
 MALFORMED = [b"", b"not an image at all", b"\xff\xd8\xff\xe0 truncated jpeg", b"\x89PNG\r\n\x1a\n\x00\x00"]
 
 
+def v2_request(image: bytes) -> tuple[bytes, dict]:
+    """One image as a KServe v2 infer request body (binary tensor extension) and its headers, built by tritonclient."""
+    import tritonclient.http as triton
+
+    inp = triton.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=True)])
+    return body, {"Inference-Header-Content-Length": str(json_size), "content-type": "application/octet-stream"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000)
@@ -61,6 +75,8 @@ def main() -> int:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--deadline-s", type=float, default=900, help="stop sending after this long, whatever is left")
+    ap.add_argument("--route", choices=("predict", "v2"), default="predict",
+                    help="POST /predict (raw image bytes), or v2: /v2/models/<arch>/infer (binary BYTES tensor)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -89,15 +105,23 @@ def main() -> int:
                             raise SystemExit("the server did not come up in 300 s")
                         time.sleep(0.5)
                 photos = [photo(i) for i in range(16)]
+                if args.route == "v2":
+                    path = f"/v2/models/{health['arch']}/infer"
+                    good = [v2_request(p) for p in photos]
+                    bad = [v2_request(b) for b in MALFORMED]
+                else:
+                    path = "/predict"
+                    good = [(p, {"content-type": "image/jpeg"}) for p in photos]
+                    bad = [(b, {"content-type": "image/jpeg"}) for b in MALFORMED]
                 stop_at = time.monotonic() + args.deadline_s
 
                 def send(i: int):
                     if time.monotonic() > stop_at:
                         return None, 0.0
-                    body = MALFORMED[i // 10 % len(MALFORMED)] if i % 10 == 9 else photos[i % len(photos)]
+                    body, headers = bad[i // 10 % len(bad)] if i % 10 == 9 else good[i % len(good)]
                     t = time.perf_counter()
                     try:
-                        r = client.post("/predict", content=body, headers={"content-type": "image/jpeg"})
+                        r = client.post(path, content=body, headers=headers)
                         status = r.status_code
                     except httpx.HTTPError as e:
                         status = type(e).__name__
@@ -122,7 +146,7 @@ def main() -> int:
     bad = np.array([t for s, t in results if s != 200]) * 1e3
     buckets = dict(re.findall(r'^resnet50_batch_size_bucket\{le="([^"]+)"\} (\d+)', metrics, re.M))
     report = {
-        "requests_sent": len(results), "concurrency": args.concurrency, "wall_s": round(wall, 2),
+        "route": path, "requests_sent": len(results), "concurrency": args.concurrency, "wall_s": round(wall, 2),
         "throughput_req_s": round(len(results) / wall, 1), "statuses": statuses,
         "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in statuses.items() if not s.isdigit()),
