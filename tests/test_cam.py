@@ -49,14 +49,14 @@ def test_cam_of_a_known_network_peaks_at_the_spot(spot_model):
     torch.testing.assert_close(r.maps[0], expected)
     assert r.logits[0].tolist() == pytest.approx([0.0, 0.0, 1 / 24], rel=1e-4)  # the GAP of the map (BN eps: 1e-5)
     assert r.scores[0].item() == pytest.approx(np.exp(1 / 24) / (2 + np.exp(1 / 24)), rel=1e-4)
-    # upsampled, the one-hot cell is a bilinear tent around the cell's centre (80, 144) in input pixels
+    # upsampled, the one-hot cell is a bilinear tent on what the cell sees: the spot, pixel (64, 128). (Half-pixel
+    # resizing, as F.interpolate or cv2.resize, would centre it on (80, 144): half a cell off.)
     h = r.heatmaps[0]
     assert h.shape == (128, 192) and h.max() <= 1 and h.min() == 0
     ys, xs = torch.nonzero(h == h.max(), as_tuple=True)
-    assert set(ys.tolist()) == {79, 80} and set(xs.tolist()) == {143, 144}
-    x0, y0, w, hh = r.boxes[0].tolist()
-    assert (x0 + w / 2, y0 + hh / 2) == (144, 80)  # centred on the cell
-    assert w == hh and 44 <= w <= 56  # the tent is >= 20 % of its peak within about 25 px of the centre
+    assert ys.tolist() == [64] and xs.tolist() == [128]
+    # the tent 1 - |d| / 32 is >= 20 % of its peak for |d| <= 25.6 px: pixels 103..153 and 39..89
+    assert r.boxes[0].tolist() == [103, 39, 51, 51]
 
 
 def test_cam_for_a_class_the_spot_does_not_drive(spot_model):
@@ -92,8 +92,7 @@ def test_grad_cam_on_layer4_is_cam_over_the_number_of_positions():
     assert g.classes.tolist() == c.classes.tolist()
     torch.testing.assert_close(g.maps * (3 * 2), c.maps, rtol=1e-4, atol=1e-5)  # alpha_k = w_ck / (h w)
     # the heatmaps differ only by the papers' normalisations: Grad-CAM's ReLU and max, CAM's min and max
-    relu = c.maps.clamp_min(0)
-    up = torch.nn.functional.interpolate(relu[:, None], size=(96, 64), mode="bilinear", align_corners=False)[:, 0]
+    up = _upsample(c.maps.clamp_min(0), (96, 64), 32)
     torch.testing.assert_close(g.heatmaps, up / up.amax((1, 2), keepdim=True), rtol=1e-4, atol=1e-5)
     assert all(p.grad is None for p in model.parameters())
 
@@ -140,19 +139,19 @@ def test_dilated_reads_the_strides_off_the_modules():
         dilated(dense, 4)
 
 
-def test_upsampling_places_a_dense_map_on_its_originals_grid():
+def test_upsampling_places_each_cell_on_its_receptive_field_and_a_dense_map_on_its_originals_grid():
     coarse = torch.randn(2, 4, 6)
-    torch.testing.assert_close(_upsample(coarse, (128, 192)),  # factor 1 is F.interpolate's bilinear
-                               F.interpolate(coarse[:, None], size=(128, 192), mode="bilinear",
-                                             align_corners=False)[:, 0])
-    # a 4x denser map holding the coarse map's own bilinear values: cell 4i is coarse cell i, the rest between
+    up = _upsample(coarse, (128, 192), 32)
+    torch.testing.assert_close(up[:, ::32, ::32], coarse)  # cell (i, j) lands on pixel (32 i, 32 j)
+    torch.testing.assert_close(up[:, 16, 48], coarse[:, :2, 1:3].mean((1, 2)))  # halfway: the mean of four cells
+    torch.testing.assert_close(up[:, 100:, 170:], coarse[:, 3:, 5:].expand(2, 28, 22))  # past the last cell: edge
+    # a 4x denser map (stride 8) holding the coarse map's own bilinear values: cell 4i is coarse cell i
     u = (torch.arange(16) / 4).clamp(max=3)
     v = (torch.arange(24) / 4).clamp(max=5)
     wy = (1 - (u[:, None] - torch.arange(4)[None]).abs()).clamp_min(0)
     wx = (1 - (v[:, None] - torch.arange(6)[None]).abs()).clamp_min(0)
     dense = torch.einsum("yh,nhw,xw->nyx", wy, coarse, wx)
-    a, b = _upsample(dense, (128, 192), factor=4), _upsample(coarse, (128, 192))
-    torch.testing.assert_close(a[:, 16:112, 16:176], b[:, 16:112, 16:176])  # equal wherever both interpolate
+    torch.testing.assert_close(_upsample(dense, (128, 192), 8), up)
 
 
 def test_dilated_refuses_what_it_cannot_do():

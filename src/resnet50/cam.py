@@ -88,11 +88,11 @@ def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Ten
 
 
 def _finish(maps: Tensor, logits: Tensor, classes: Tensor, size: tuple[int, int], threshold: float,
-            relu: bool, factor: int) -> CamResult:
+            relu: bool, stride: int) -> CamResult:
     """Upsample (bilinear), normalise to [0, 1] (min-max, or ReLU and max when ``relu``), box: in fp32 on the CPU."""
     with torch.autocast(maps.device.type, enabled=False), torch.no_grad():
         maps, logits, classes = maps.detach().float().cpu(), logits.detach().float().cpu(), classes.cpu()
-        up = _upsample(maps.clamp_min(0) if relu else maps, size, factor)
+        up = _upsample(maps.clamp_min(0) if relu else maps, size, stride)
         lo = torch.zeros(len(up), 1, 1) if relu else up.amin((1, 2), keepdim=True)
         hi = up.amax((1, 2), keepdim=True)
         heat = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))
@@ -114,8 +114,9 @@ def cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | No
     ``target`` (None: each image's predicted class; an int: that class for all; N ints: one per image).
 
     The map is the fc weights of the class over the last stage (``forward_pyramid``'s last entry: C5, stride 32
-    for the ImageNet stem, so 4 x 4 at 128 px); it is upsampled to H x W (bilinear, half-pixel centres, as
-    ``cv2.resize`` in the authors' code) and normalised to [0, 1] by its minimum and maximum (the authors' code);
+    for the ImageNet stem, so 4 x 4 at 128 px); it is upsampled to H x W (bilinear, each cell on the
+    centre of its receptive field: ``_upsample``; the authors' code resizes with half-pixel centres, which puts
+    the map half a cell off what it sees) and normalised to [0, 1] by its minimum and maximum (the authors' code);
     a constant map gives zeros. For a finer map pass ``dilated(model, 8)``: the same weights, 16 x 16 at 128 px.
     Errors: ``UserError`` for a model without classifier or a bad target."""
     fc = _linear_classifier(model)
@@ -123,8 +124,8 @@ def cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | No
     logits = fc(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
     classes = _targets(target, logits)
     maps = class_activation_maps(features, fc.weight, classes)
-    factor = getattr(model, "dilation_factors", {}).get(model.stage_names[-1], 1)
-    return _finish(maps, logits, classes, tuple(images.shape[-2:]), threshold, relu=False, factor=factor)
+    stride = feature_stride(model, model.stage_names[-1])
+    return _finish(maps, logits, classes, tuple(images.shape[-2:]), threshold, relu=False, stride=stride)
 
 
 def grad_cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | None = None,
@@ -153,13 +154,27 @@ def grad_cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor
         handle.remove()
     with torch.no_grad():
         maps = class_activation_maps(activations.detach(), grads.float().mean((2, 3)), torch.arange(len(grads)))
-    factor = getattr(model, "dilation_factors", {}).get(stage, 1)
-    return _finish(maps, logits, classes, tuple(images.shape[-2:]), threshold, relu=True, factor=factor)
+    return _finish(maps, logits, classes, tuple(images.shape[-2:]), threshold, relu=True,
+                   stride=feature_stride(model, stage))
 
 
 def _stage_stride(stage: nn.Module) -> int:
     return max([m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d)] +
                [m.stride for m in stage.modules() if isinstance(m, ZeroPadShortcut)])
+
+
+def _stem_stride(model: ResNet) -> int:
+    return model.conv1.stride[0] * (model.maxpool.stride if isinstance(model.maxpool, nn.MaxPool2d) else 1)
+
+
+def feature_stride(model: ResNet, stage: str) -> int:
+    """Input pixels between neighbouring cells of ``stage``'s output, read off the modules (so 8 for layer4 of
+    ``dilated(model, 8)``). Every convolution and pool of a ResNet pads ``(k - 1) / 2``, so cell ``i`` of a
+    stage of stride ``s`` is centred on input pixel ``s * i``."""
+    stride = _stem_stride(model)
+    for name in model.stage_names[:model.stage_names.index(stage) + 1]:
+        stride *= _stage_stride(getattr(model, name))
+    return stride
 
 
 def dilated(model: ResNet, output_stride: int = 8) -> ResNet:
@@ -174,7 +189,7 @@ def dilated(model: ResNet, output_stride: int = 8) -> ResNet:
     16 x 16. The dense map is exact where the original one is defined: for inputs whose size is a multiple of
     the model's output stride, ``C5_dilated[..., ::k, ::k] == C5`` with ``k = original stride / output_stride``
     (``tests/test_cam.py``); the positions between are the same network's answers on a shifted grid, and ``cam``
-    places them on the original grid (``dilation_factors``). The global average of the dense map, and so the
+    places them between the original cells (``feature_stride``). The global average of the dense map, and so the
     logits, average those shifted answers (close to, but not, the original logits).
 
     Errors: ``UserError`` for an output stride that is not a power of two from the stem's stride up to the model's
@@ -183,10 +198,8 @@ def dilated(model: ResNet, output_stride: int = 8) -> ResNet:
         raise UserError("dilated() does not handle BlurPool models (the blur before each stride would need dilation)")
     if any(m.dilation != (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d)):
         raise UserError("the model is already dilated; dilate the original model")
-    stride = model.conv1.stride[0] * (model.maxpool.stride if isinstance(model.maxpool, nn.MaxPool2d) else 1)
-    own = stride
-    for name in model.stage_names:
-        own *= _stage_stride(getattr(model, name))
+    stride = _stem_stride(model)
+    own = feature_stride(model, model.stage_names[-1])
     if output_stride not in (1, 2, 4, 8, 16, 32, 64) or not stride <= output_stride <= own:
         raise UserError(f"output stride must be a power of two from the stem's stride ({stride}) up to the "
                         f"model's own ({own}), got {output_stride}")
@@ -216,13 +229,15 @@ def dilated(model: ResNet, output_stride: int = 8) -> ResNet:
     return dense
 
 
-def _upsample(maps: Tensor, size: tuple[int, int], factor: int = 1) -> Tensor:
-    """Bilinear upsampling of (N, h, w) maps to ``size``, as ``F.interpolate(mode="bilinear",
-    align_corners=False)`` when ``factor`` is 1. A map of a dilated model is ``factor`` times denser than its
-    original's; it is placed so that every ``factor``-th cell lands where the original cell lands (cell ``i`` of
-    the original at pixel ``(i + 0.5) * stride - 0.5``), so a dense map and its original agree."""
+def _upsample(maps: Tensor, size: tuple[int, int], stride: int) -> Tensor:
+    """Bilinear upsampling of (N, h, w) maps of a stage of output ``stride`` to ``size`` (H, W) input pixels, each
+    cell placed where its receptive field is centred: cell ``i`` on pixel ``stride * i`` (``feature_stride``).
+    Pixel ``p`` reads the map at ``p / stride`` cells, clamped to the first and last cell. (``F.interpolate``'s
+    ``align_corners=False`` would put cell ``i`` on pixel ``stride * (i + 0.5) - 0.5``: half a cell, 16 px at
+    stride 32, away from what the cell sees.) A map of ``dilated(model, s)`` lands with its every
+    ``32 / s``-th cell where the original map's cell does, so the two agree on the original grid."""
     def weights(out: int, n: int) -> Tensor:
-        src = ((torch.arange(out, dtype=torch.float64) + 0.5) * n / out - factor / 2).clamp(0, n - 1)
+        src = (torch.arange(out, dtype=torch.float64) / stride).clamp(0, n - 1)
         i0 = src.floor().long()
         i1 = (i0 + 1).clamp(max=n - 1)
         frac = (src - i0).float()
