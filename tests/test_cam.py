@@ -5,12 +5,22 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from resnet50 import create_model
-from resnet50.cam import (GT_COLOR, PRED_COLOR, _upsample, box_from_heatmap, cam, connected_components, dilated,
-                          draw_overlay, grad_cam, iou, localization_accuracy)
+from resnet50.cam import (
+    GT_COLOR,
+    PRED_COLOR,
+    _upsample,
+    box_from_heatmap,
+    cam,
+    connected_components,
+    dilated,
+    draw_overlay,
+    grad_cam,
+    iou,
+    localization_accuracy,
+)
 from resnet50.errors import UserError
 
 
