@@ -38,6 +38,17 @@ def worker(agent: int, rank: int) -> int | None:
     return None
 
 
+def kill_leftovers(tag: str) -> None:
+    """SIGKILL any process of this test still running (its command line names the test's own folder ``tag``):
+    torchrun's workers run in sessions of their own, so a failed job could otherwise leave them behind."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and tag.encode() in (d / "cmdline").read_bytes() and int(d.name) != os.getpid():
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def step_of(last: Path) -> int:
     try:
         return torch.load(last, weights_only=True)["step"]
@@ -74,6 +85,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_resumes_exactly(tmp_path):
         _, err = job.communicate(timeout=300)
     finally:
         job.kill()
+        kill_leftovers(str(tmp_path))
     assert job.returncode == 0, err[-3000:]
     assert 12 <= killed_at < 18, killed_at  # killed mid-epoch (9 steps an epoch), from a mid-epoch checkpoint
 

@@ -12,6 +12,7 @@ import torch
 from resnet50 import weights
 
 from .helpers import make_idx_dataset
+from .test_elastic import kill_leftovers
 from .test_train import TINY
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -51,6 +52,7 @@ def test_two_nodes_train_exactly_as_one_node_with_two_processes(tmp_path):
     finally:
         for n in nodes:
             n.kill()
+        kill_leftovers(str(tmp_path))
     for n, (_, err) in zip(nodes, outs):
         assert n.returncode == 0, err[-3000:]
 

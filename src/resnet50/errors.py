@@ -15,6 +15,7 @@ OPTIONAL = {
     "openvino": ("openvino", "openvino"), "starlette": ("starlette", "serve"), "uvicorn": ("uvicorn", "serve"),
     "h5py": ("h5py", "keras"), "pycocotools": ("pycocotools", "detect"), "huggingface_hub": ("huggingface_hub", "hf"),
     "tensorboard": ("tensorboard", "tensorboard"), "mlperf_loadgen": ("mlcommons-loadgen", "loadgen"),
+    "ray": ("'ray[data]'", "ray"), "pyarrow": ("pyarrow", "ray"),
 }
 
 
