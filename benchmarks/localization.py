@@ -47,6 +47,21 @@ from resnet50.weights import load, save
 MEAN, STD = 0.1, 0.25  # about the pixel mean and spread of single 128 px scenes (measured: 0.094 and 0.25)
 
 
+def unstride(model: torch.nn.Module, output_stride: int) -> torch.nn.Module:
+    """Build the network at a finer output stride: stride 1 (no dilation) in the first block of each stage past
+    ``output_stride``, so the later stages run at a finer grid with smaller receptive fields. Same parameters and
+    state dict; ``resnet50.cam.dilated`` reads the strides off the modules. (No ResNetConfig field says this yet,
+    so a checkpoint of such a network is rebuilt at stride 32: pass the same --train-stride with --weights.)"""
+    stride = 4
+    for name in model.stage_names[1:]:
+        stride *= 2
+        if stride > output_stride:
+            for m in getattr(model, name)[0].modules():
+                if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1):
+                    m.stride = (1, 1)
+    return model
+
+
 def to_input(canvases: torch.Tensor) -> torch.Tensor:
     """uint8 (N, S, S) -> normalised float (N, 1, S, S), channels_last."""
     x = (canvases.float()[:, None] / 255 - MEAN) / STD
@@ -152,7 +167,10 @@ def main() -> int:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=float, default=0.3, help="epochs")
     ap.add_argument("--train-scenes", type=int, default=12000, help="fresh training scenes per epoch")
-    ap.add_argument("--cam-stride", type=int, choices=(8, 16, 32), default=8)
+    ap.add_argument("--train-stride", type=int, choices=(8, 16, 32), default=32,
+                    help="output stride of the trained network (finer: smaller receptive fields, more compute)")
+    ap.add_argument("--cam-stride", type=int, choices=(8, 16, 32), default=8,
+                    help="stride of the CAM map, from the trained network run a trous (<= --train-stride)")
     ap.add_argument("--compare", action="store_true", help="also CAM at strides 32 and 16, Grad-CAM on layer3")
     ap.add_argument("--val-dir", default=None, help="single scenes written by write_scenes; default: generated")
     ap.add_argument("--val-count", type=int, default=2000)
@@ -170,7 +188,7 @@ def main() -> int:
         if any(len(b) != 1 for b in val.boxes):
             print("localization.py: --val-dir must hold single scenes (one box each)", file=sys.stderr)
             return 2
-        canvases, labels, boxes = val.images, [l[0] for l in val.labels], [b[0] for b in val.boxes]
+        canvases, labels, boxes = val.images, [lab[0] for lab in val.labels], [b[0] for b in val.boxes]
         val_source = str(args.val_dir)
     else:
         canvases, items = generate_scenes("val", "single", args.val_count, seed=0)
@@ -186,16 +204,17 @@ def main() -> int:
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         if args.weights:
-            model, log = load(args.weights).model, []
+            model, log = unstride(load(args.weights).model, args.train_stride), []
         else:
             model = create_model("resnet50", num_classes=10, in_chans=1, zero_init_residual=True)
+            unstride(model, args.train_stride)
             log = train(model.to(memory_format=torch.channels_last), spec, args.batch, args.train_scenes, seed, amp)
             if args.save and run == 0:
                 save(args.save, model.eval(), list(FASHION_MNIST_CLASSES),
                      Preprocessing(resize=128, crop=128, mean=(MEAN,), std=(STD,)), "benchmarks/localization.py")
         train_min = (time.perf_counter() - t0) / 60
         t1 = time.perf_counter()
-        localizer = dilated(model, args.cam_stride) if args.cam_stride < 32 else model
+        localizer = dilated(model, args.cam_stride) if args.cam_stride < args.train_stride else model
         figures, results = localize(localizer, canvases, labels, boxes, "cam", amp)
         row = {"seed": seed, "train_minutes": round(train_min, 2), "eval_minutes": 0.0, "cam": figures}
         row["eval_minutes"] = round((time.perf_counter() - t1) / 60, 2)
@@ -204,8 +223,8 @@ def main() -> int:
               f"{figures['top1_loc']:.2%}  GT-known loc {figures['gt_known_loc']:.2%}  "
               f"mean IoU {figures['mean_iou']:.3f}", flush=True)
         if args.compare:
-            for stride in (s for s in (32, 16) if s != args.cam_stride):
-                m = dilated(model, stride) if stride < 32 else model
+            for stride in (s for s in (32, 16) if args.cam_stride < s <= args.train_stride):
+                m = dilated(model, stride) if stride < args.train_stride else model
                 row[f"cam_stride{stride}"] = localize(m, canvases, labels, boxes, "cam", amp)[0]
             row["gradcam_layer3"] = localize(model, canvases, labels, boxes, "gradcam", amp)[0]
             for key in (k for k in row if k.startswith(("cam_", "gradcam"))):
@@ -232,6 +251,7 @@ def main() -> int:
             "input": "128 px, (x / 255 - 0.1) / 0.25, channels_last", "zero_init_residual": True,
             "augmentation": "fresh scenes each epoch (seed 1000 + epoch), horizontal flip"},
         "weights": args.weights,
+        "train_stride": args.train_stride,
         "cam_stride": args.cam_stride,
         "runs": len(runs),
         "train_minutes": spread([r["train_minutes"] for r in runs]),

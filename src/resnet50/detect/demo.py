@@ -59,7 +59,8 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
     sheet.save(picture)
     summary = {
         "run_dir": str(run_dir), "init_weights": init_weights or None, "train_scenes": train_scenes,
-        "val_scenes": val_scenes, "train_seconds": result["train_seconds"], "epochs": result.get("epoch"),
+        "val_scenes": val_scenes, "train_seconds": result["train_seconds"],
+        "train_cpu_seconds": result["train_cpu_seconds"], "epochs": result.get("epoch"),
         "steps": result.get("step"), "img_s": result.get("img_s"),
         "map": val["map"], "map50": val["map50"], "map75": val["map75"], "per_class": val["per_class"],
         "picture": str(picture), "samples": [f.to_dict() for f in found],
