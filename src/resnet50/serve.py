@@ -250,7 +250,9 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         except ImageDecodeError as e:
             raise HTTPError(400, f"not a readable image: {e.reason}") from None
 
-    async def predict(request):
+    async def counted(handle, request):
+        """Admission (at most --max-concurrency requests in flight, else 503 with Retry-After), one JSON error body
+        per failure (the protocol's {"error": ...} on both routes), and the request counted in /metrics."""
         start = time.perf_counter()
         if metrics.in_flight >= cfg.max_concurrency:
             metrics.request(503, time.perf_counter() - start)
@@ -259,15 +261,10 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         metrics.in_flight += 1
         status = 500
         try:
-            body = await _read_body(request, body_limit)
-            data = await _image_bytes(request, body, body_limit)
-            loop = asyncio.get_running_loop()
-            x = await loop.run_in_executor(state["decode_pool"], prepare, data)
-            row, batch = await asyncio.wrap_future(state["batcher"].submit(x))
-            top = label_rows(row[None, :], cfg.topk, names)[0]
-            status = 200
-            return JSONResponse({"predictions": top, "batch": batch})
-        except HTTPError as e:
+            response = await handle(request)
+            status = response.status_code
+            return response
+        except (HTTPError, ProtocolError) as e:
             status = e.status
             return JSONResponse({"error": e.message}, status_code=e.status)
         except Exception as e:  # a bug or a backend failure: still JSON, still counted
@@ -275,6 +272,17 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         finally:
             metrics.in_flight -= 1
             metrics.request(status, time.perf_counter() - start)
+
+    async def handle_predict(request):
+        body = await _read_body(request, body_limit)
+        data = await _image_bytes(request, body, body_limit)
+        loop = asyncio.get_running_loop()
+        x = await loop.run_in_executor(state["decode_pool"], prepare, data)
+        row, batch = await asyncio.wrap_future(state["batcher"].submit(x))
+        return JSONResponse({"predictions": label_rows(row[None, :], cfg.topk, names)[0], "batch": batch})
+
+    async def predict(request):
+        return await counted(handle_predict, request)
 
     info = ModelInfo(cfg.model_name or loaded.arch, f"resnet50_{backend.name}", loaded.in_chans, loaded.size, names,
                      loaded.num_classes)
@@ -286,43 +294,29 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         if version is not None and version != "1":
             raise ProtocolError(404, f"model {name!r} has no version {version!r}; it has version 1")
 
-    async def v2_infer(request):
-        start = time.perf_counter()
-        if metrics.in_flight >= cfg.max_concurrency:
-            metrics.request(503, time.perf_counter() - start)
-            return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
-                                status_code=503, headers={"Retry-After": "1"})
-        metrics.in_flight += 1
-        status = 500
-        try:
-            v2_model(request)
-            body = await _read_body(request, body_limit)
-            req = parse_request(body, request.headers.get("inference-header-content-length"), info,
-                                cfg.max_request_images)
-            if req.images is not None:
-                loop = asyncio.get_running_loop()
+    async def handle_v2_infer(request):
+        v2_model(request)
+        body = await _read_body(request, body_limit)
+        req = parse_request(body, request.headers.get("inference-header-content-length"), info,
+                            cfg.max_request_images)
+        if req.images is not None:
+            loop = asyncio.get_running_loop()
 
-                def prepare_nth(i: int) -> np.ndarray:
-                    try:
-                        return prepare(req.images[i])
-                    except HTTPError as e:
-                        raise HTTPError(e.status, f"image {i} of {req.count}: {e.message}") from None
-                xs = await asyncio.gather(*(loop.run_in_executor(state["decode_pool"], prepare_nth, i)
-                                            for i in range(req.count)))
-            else:
-                xs = list(req.tensor)
-            rows = await asyncio.gather(*(asyncio.wrap_future(state["batcher"].submit(x)) for x in xs))
-            content, headers = encode_response(req, np.stack([row for row, _ in rows]), info)
-            status = 200
-            return Response(content, headers=headers)
-        except (HTTPError, ProtocolError) as e:
-            status = e.status
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        except Exception as e:  # a bug or a backend failure: still the protocol's body, still counted
-            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
-        finally:
-            metrics.in_flight -= 1
-            metrics.request(status, time.perf_counter() - start)
+            def prepare_nth(i: int) -> np.ndarray:
+                try:
+                    return prepare(req.images[i])
+                except HTTPError as e:
+                    raise HTTPError(e.status, f"image {i} of {req.count}: {e.message}") from None
+            xs = await asyncio.gather(*(loop.run_in_executor(state["decode_pool"], prepare_nth, i)
+                                        for i in range(req.count)))
+        else:
+            xs = list(req.tensor)
+        rows = await asyncio.gather(*(asyncio.wrap_future(state["batcher"].submit(x)) for x in xs))
+        content, headers = encode_response(req, np.stack([row for row, _ in rows]), info)
+        return Response(content, headers=headers)
+
+    async def v2_infer(request):
+        return await counted(handle_v2_infer, request)
 
     async def v2_server(request):
         return JSONResponse(server_metadata())
@@ -353,8 +347,9 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
                             status_code=exc.status_code)
 
     async def health(request):
-        return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes, "backend": backend.name,
-                             "input": [loaded.in_chans, loaded.size, loaded.size], "settings": asdict(cfg)})
+        return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes,
+                             "backend": backend.name, "input": [loaded.in_chans, loaded.size, loaded.size],
+                             "settings": asdict(cfg)})
 
     async def metrics_endpoint(request):
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
