@@ -44,8 +44,10 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
         log(f"no Fashion-MNIST test files at {test_data} (apt-get install dataset-fashion-mnist); "
             "evaluating on the embedded held-out validation split instead")
         data, split = "embedded", "val"
-    result = evaluate_weights(str(best), data, split, out=str(run_dir / "eval"), progress=progress)
-    log(f"{split} set ({result['samples']} images of {data}): top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}")
+    tta = "flip" if cfg.run.tta_flip else "none"  # the test split is read as validation was
+    result = evaluate_weights(str(best), data, split, tta=tta, out=str(run_dir / "eval"), progress=progress)
+    log(f"{split} set ({result['samples']} images of {data}{', flip TTA' if tta == 'flip' else ''}): "
+        f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}")
 
     # a few real image files, classified through the same path as 'resnet50 predict'
     ds = build_dataset(data, split)
@@ -66,7 +68,7 @@ def run_demo(out: str = "runs", test_data: str = DEFAULT_TEST_DATA, overrides: d
     summary = {
         "run_dir": str(run_dir), "train_seconds": train_s, "epochs": trained.get("epoch"),
         "best_val_top1": trained["best_val_top1"], "eval_data": data, "eval_split": split,
-        "eval_top1": result["top1"], "eval_top5": result["top5"],
+        "eval_top1": result["top1"], "eval_top5": result["top5"], "eval_tta": tta,
         "predictions": [p.to_dict() for p in preds],
     }
     write_json(run_dir / "demo.json", summary)
