@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError
-from .data.webdataset import IMAGE_KEYS, expand_urls, is_url, read_shard
 from .data.transforms import eval_transform
+from .data.webdataset import IMAGE_KEYS, expand_urls, is_url, read_shard
 from .errors import UserError, require
 from .infer import create_backend, load_model, resolve_backend, topk
 from .predict import class_names, expand_inputs, preprocess

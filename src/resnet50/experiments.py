@@ -16,8 +16,8 @@ from pathlib import Path
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .model import ARCHS
-from .tensorboard import Board
 from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, apply_overrides, validate
+from .tensorboard import Board
 from .train import train
 
 

@@ -27,11 +27,11 @@ import torch
 from tqdm import tqdm
 
 from .backends import Backend
+from .cam import cam, draw_overlay
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
 from .data.discover import find_images, is_hidden
 from .data.transforms import Compose, eval_transform
 from .errors import UserError
-from .cam import cam, draw_overlay
 from .files import atomic_path, output_dir
 from .infer import topk
 from .labels import imagenet_synsets_and_names

@@ -247,7 +247,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path} is not a readable training checkpoint ({type(e).__name__}); it may be truncated") from e
+        raise UserError(f"{path} is not a readable training checkpoint ({type(e).__name__}); it may be "
+                        "truncated") from e
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"{path} is not a training checkpoint of this toolkit (no config/model); to start from "
                         "weights use --init-weights")
@@ -281,12 +282,13 @@ def _norm(v):
 def elastic_restart(cfg: TrainConfig) -> Path | None:
     """The checkpoint a worker restarted by torchrun continues from, or None on a first start.
 
-    ``torchrun --max-restarts N`` restarts every worker with the same command line after one fails, counting the
-    restarts in ``TORCHELASTIC_RESTART_COUNT`` (torch.distributed.elastic): a restarted worker resumes the run
-    folder's ``last.pt`` (atomic, so whole after any kill) exactly, or starts again when none was written yet. The
-    folder must not depend on the start time: an elastic job (``TORCHELASTIC_MAX_RESTARTS`` > 0) needs --name."""
+    torchrun with its max-restarts option above 0 restarts every worker with the same command line after one fails,
+    counting the restarts in ``TORCHELASTIC_RESTART_COUNT`` (torch.distributed.elastic): a restarted worker resumes
+    the run folder's ``last.pt`` (atomic, so whole after any kill) exactly, or starts again when none was written
+    yet. The folder must not depend on the start time: an elastic job (``TORCHELASTIC_MAX_RESTARTS`` > 0) needs
+    --name."""
     if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and not cfg.run.name:
-        raise UserError("torchrun --max-restarts restarts the workers, which find their run folder by name; give "
+        raise UserError("torchrun with max-restarts restarts the workers, which find their run folder by name; give "
                         "--name (a restarted worker then continues its last.pt)")
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         return None
