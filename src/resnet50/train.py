@@ -548,9 +548,10 @@ class EpochMeter:
         return [loss, int(correct), int(seen), int(skipped)]
 
     def row(self, run: Run, epoch: int, res: int) -> dict:
-        """The epoch's metrics.jsonl row, summed over processes."""
+        """The epoch's metrics.jsonl row, summed over processes (on the run's device: NCCL reduces CUDA tensors
+        only)."""
         stats = torch.tensor([float(self.loss), int(self.correct), self.seen, self.data_s, self.compute_s,
-                              self.skipped_before + len(self.skipped)], dtype=torch.float64)
+                              self.skipped_before + len(self.skipped)], dtype=torch.float64, device=run.device)
         if run.ddp.world > 1:
             dist.all_reduce(stats)
         elapsed = time.perf_counter() - self.start
