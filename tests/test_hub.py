@@ -11,6 +11,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -337,3 +338,23 @@ def test_without_the_hf_extra_the_error_names_it(monkeypatch, tmp_path, rgb_chec
     with pytest.raises(UserError, match=r"pip install 'resnet50\[hf\]'") as e:
         hf.save_pretrained(rgb_checkpoint, tmp_path / "hub")
     assert "\n" not in str(e.value)
+
+
+def test_evaluate_reads_a_hub_folder_as_the_checkpoint_it_holds(tmp_path, rgb_checkpoint):
+    from PIL import Image
+
+    from resnet50.evaluate import evaluate_weights
+    from resnet50.hf import save_pretrained
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["red", "green", "blue"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 60, (36, 36, 3), dtype=np.uint8)
+            pixels[..., k] = 200
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+    folder = save_pretrained(rgb_checkpoint, tmp_path / "hub")
+    from_folder = evaluate_weights(str(folder), str(tmp_path / "data"), "test", progress=False)
+    from_file = evaluate_weights(str(rgb_checkpoint), str(tmp_path / "data"), "test", progress=False)
+    assert from_folder["samples"] == from_file["samples"] == 12
+    assert (from_folder["top1"], from_folder["loss"]) == (from_file["top1"], from_file["loss"])

@@ -18,7 +18,7 @@ from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .labels import class_mapping, model_class_keys, remap
 from .tensorboard import Board
-from .weights import load
+from .weights import HUB_WEIGHTS, load
 
 TTA_MODES = ("none", "flip", "ten-crop")
 
@@ -145,7 +145,7 @@ def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: 
     image to crop + 4 px so that the ten crops differ. ``tensorboard``: also write the figures and the confusion
     matrix as TensorBoard events into ``out``/tensorboard (``resnet50.tensorboard``)."""
     path = Path(weights_path)
-    if path.is_dir():
+    if path.is_dir() and not (path / HUB_WEIGHTS).is_file():  # a run folder (a Hub-layout folder loads as it is)
         path = path / "best.safetensors"
     if tensorboard and not out:
         raise UserError("--tensorboard writes its events into the --out folder; give --out FOLDER")
