@@ -16,7 +16,9 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files/folders/globs, a list file (.txt), WebDataset shards (.tar, brace pattern, "
                         "URL) or a Parquet file/folder")
-    p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or an exported .onnx model")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint (.safetensors/.pth/.h5), a Hub-layout folder, published weights (tv:resnet50.v2) "
+                        "or an exported .onnx model")
     p.add_argument("--out", required=True, help="a new folder for the Parquet files (on shared storage for a cluster)")
     p.add_argument("--input-format", choices=FORMATS, default="auto", help="default: from the input's name")
     p.add_argument("--column", default=None, help="Parquet: the column of image paths or bytes; default image/path")

@@ -7,7 +7,9 @@ from . import print_json
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate weights on a dataset: top-1/5, per-class, confusion matrix")
-    p.add_argument("--weights", required=True, help="weights file (ours, torchvision/timm, Keras) or a run folder")
+    p.add_argument("--weights", required=True,
+                   help="weights file (ours, torchvision/timm, Keras), a run or Hub-layout folder, or published "
+                        "weights (tv:resnet50.v2)")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
                    help="dataset path or 'embedded' (default: the Fashion-MNIST IDX files of Debian's "
                         "dataset-fashion-mnist, whose t10k split is the final test set)")

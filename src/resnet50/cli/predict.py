@@ -12,7 +12,9 @@ from . import print_json
 def register(sub) -> None:
     p = sub.add_parser("predict", help="classify images (files, folders, glob patterns): top-k classes")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or a model from export/quantize (.onnx)")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint (.safetensors/.pth/.h5), a Hub-layout folder, published weights (tv:resnet50.v2; "
+                        "see 'resnet50 models --published') or a model from export/quantize (.onnx)")
     p.add_argument("--topk", type=int, default=5, help="classes per image; default 5")
     p.add_argument("--backend", default="auto",
                    help=f"auto (the fastest installed) or one of: {', '.join(BACKENDS)}; default auto")

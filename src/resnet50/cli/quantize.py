@@ -6,7 +6,9 @@ from . import print_json
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="INT8 post-training quantisation (ONNX Runtime QDQ) with an accuracy report")
-    p.add_argument("--weights", required=True, help="fp32 checkpoint (.safetensors/.pth/.h5) or fp32 .onnx export")
+    p.add_argument("--weights", required=True,
+                   help="fp32 checkpoint (.safetensors/.pth/.h5), published weights (tv:resnet50.v2) or fp32 .onnx "
+                        "export")
     p.add_argument("--calib", required=True, metavar="DIR", help="folder of calibration images (class folders allowed)")
     p.add_argument("--eval", default=None, metavar="DIR",
                    help="held-out images for the accuracy report; default: every 5th image of --calib, left out of "

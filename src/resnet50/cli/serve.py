@@ -13,7 +13,9 @@ def register(sub) -> None:
     d = ServeConfig()
     p = sub.add_parser("serve", help="HTTP server: POST /predict, GET /health, GET /metrics (Prometheus), "
                                      "the Open Inference Protocol (KServe v2) under /v2")
-    p.add_argument("--weights", required=True, help="checkpoint (.safetensors/.pth/.h5) or .onnx from export/quantize")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint (.safetensors/.pth/.h5), published weights (tv:resnet50.v2) or .onnx from "
+                        "export/quantize")
     p.add_argument("--backend", default="auto", help=f"auto or one of: {', '.join(BACKENDS)}; default auto")
     p.add_argument("--host", default=d.host, help=f"address to bind; default {d.host} (this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"default {d.port}")
