@@ -153,7 +153,7 @@ class TrainConfig:
             unknown = set(sub) - known
             if unknown:
                 raise UserError(f"unknown {name} config key(s) {sorted(unknown)}; known: {sorted(known)}")
-            sections[name] = typ(**{k: _coerce(typ, k, v) for k, v in sub.items()})
+            sections[name] = typ(**{k: coerce_field(typ, k, v) for k, v in sub.items()})
         unknown = set(d) - {"recipe", "description"}
         if unknown:
             raise UserError(f"unknown config key(s) {sorted(unknown)}")
@@ -167,7 +167,7 @@ def _field_type(section: type, name: str):
     return typing.get_type_hints(section)[name]
 
 
-def _coerce(section: type, name: str, value):
+def coerce_field(section: type, name: str, value):
     """A JSON or command-line value as the field's type (tuples from lists or comma-separated strings)."""
     typ = _field_type(section, name)
     origin = typing.get_origin(typ)
@@ -176,6 +176,8 @@ def _coerce(section: type, name: str, value):
             items = value.split(",") if isinstance(value, str) else list(value)
             inner = typing.get_args(typ)[0]
             return tuple(inner(x) for x in items if str(x).strip() != "")
+        if origin is typing.Literal:
+            return str(value)
         if typ is bool:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -326,7 +328,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, typing.Any] | None) -
             raise UserError(f"unknown config field {key!r}; see 'resnet50 train --help'")
         sec, name = fields[key]
         section = getattr(cfg, sec)
-        setattr(section, name, _coerce(type(section), name, value))
+        setattr(section, name, coerce_field(type(section), name, value))
     validate(cfg)
     return cfg
 

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import time
-import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..files import atomic_path, output_dir, pyplot, save_figure, write_json
 from ..optim import build_optimizer, lr_at
-from ..recipes import OptimSpec
+from ..recipes import OptimSpec, coerce_field
 from ..train import autocast_dtype, pick_device, setup_distributed
 from .checkpoint import save_detector
 from .coco import CocoDataset, make_batch
@@ -110,7 +109,7 @@ class DetectTrainConfig:
             unknown = set(sub) - {f.name for f in dataclasses.fields(typ)}
             if unknown:
                 raise UserError(f"unknown {name} config key(s) {sorted(unknown)}")
-            sections[name] = typ(**{k: _coerce(typ, k, v) for k, v in sub.items()})
+            sections[name] = typ(**{k: coerce_field(typ, k, v) for k, v in sub.items()})
         unknown = set(d) - {"recipe", "description", "init_weights"}
         if unknown:
             raise UserError(f"unknown config key(s) {sorted(unknown)}")
@@ -118,26 +117,6 @@ class DetectTrainConfig:
 
 
 SECTIONS = {"model": DetectorConfig, "data": DetectData, "optim": DetectOptim, "run": DetectRun}
-
-
-def _coerce(section: type, name: str, value):
-    """A JSON or command-line string as the field's type (tuples from lists or comma-separated strings)."""
-    typ = typing.get_type_hints(section)[name]
-    origin = typing.get_origin(typ)
-    try:
-        if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            inner = typing.get_args(typ)[0]
-            return tuple(inner(x) for x in items if str(x).strip() != "")
-        if origin is typing.Literal:
-            return str(value)
-        if typ is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise ValueError(value)
-        return typ(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name}={value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
 def flat_fields() -> dict[str, str]:
@@ -212,10 +191,10 @@ def apply_overrides(cfg: DetectTrainConfig, overrides: dict | None) -> DetectTra
         if sec == "":
             cfg.init_weights = str(value)
         elif sec == "model":
-            model_over[key] = _coerce(DetectorConfig, key, value)
+            model_over[key] = coerce_field(DetectorConfig, key, value)
         else:
             section = getattr(cfg, sec)
-            setattr(section, key, _coerce(type(section), key, value))
+            setattr(section, key, coerce_field(type(section), key, value))
     if model_over:
         cfg.model = dataclasses.replace(cfg.model, **model_over)
     validate(cfg)
