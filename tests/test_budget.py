@@ -11,7 +11,7 @@ import resnet50.train as tr
 from resnet50 import weights
 from resnet50.optim import lr_at
 from resnet50.recipes import OptimSpec, resolve
-from resnet50.train import CALIBRATION, plan_budget, train
+from resnet50.train import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget, train
 
 from .helpers import make_idx_dataset
 
@@ -48,9 +48,11 @@ def test_plan_fits_steps_and_validations_in_the_budget():
 def test_steps_are_fixed_after_calibration_and_the_schedule_runs_over_them(data, tmp_path, ticking):
     res = train(cfg(data, tmp_path, "b", time_budget=0.1), **QUIET)  # 6 s: 2 s gone, 4 s of 0.1 s steps
     steps = json.loads((tmp_path / "b" / "config.json").read_text())["run"]["budget_steps"]
-    # eval 4 images / batch 8 * 0.1 / 3 s per epoch; the most steps T with (T - 13) * 0.1 + ceil(T / 4) * 0.0167 <= 4
-    assert steps == plan_budget(6, 2, CALIBRATION[1], 0.1, 4 / 8 * 0.1 / 3, 4, 1, 80) == 50
-    assert res["step"] == res["total_steps"] == steps and res["epoch"] == 13  # 50 steps: 12 epochs and 2 steps
+    # planned with 0.1 s steps and the 5 % margin; eval 4 images / batch 8 * a third of a step per epoch: the most
+    # steps T with (T - 13) * 0.105 + ceil(T / 4) * 0.0175 <= 4
+    step_s = 0.1 * BUDGET_MARGIN
+    assert steps == plan_budget(6, 2, CALIBRATION[1], step_s, 4 / 8 * step_s / 3, 4, 1, 80) == 48
+    assert res["step"] == res["total_steps"] == steps and res["epoch"] == 12
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == steps
     o = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=20)
     budget = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=steps / 4)
@@ -62,10 +64,19 @@ def test_steps_are_fixed_after_calibration_and_the_schedule_runs_over_them(data,
 def test_a_budgeted_run_resumes_exactly(data, tmp_path, ticking):
     train(cfg(data, tmp_path, "cut", time_budget=0.1, max_steps=CALIBRATION[1] + 3), **QUIET)
     steps = json.loads((tmp_path / "cut" / "config.json").read_text())["run"]["budget_steps"]
-    assert steps == 50
+    assert steps == 48
     cut, state = tr.resume_config(tmp_path / "cut", {})
     train(cut, resume=state, **QUIET)
     train(cfg(data, tmp_path, "ref", budget_steps=steps), **QUIET)
     a = weights.load(tmp_path / "cut" / "final.safetensors").model.state_dict()
     b = weights.load(tmp_path / "ref" / "final.safetensors").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_measures_the_steps_this_process_takes(ticking):
+    first = Calibration()  # from the start: steps 3..13, clock readings 0 and 1
+    assert [first.at(s) for s in range(1, CALIBRATION[1])] == [None] * (CALIBRATION[1] - 1)
+    assert first.at(CALIBRATION[1]) == (pytest.approx(0.1 * BUDGET_MARGIN), 1.0)
+    resumed = Calibration()  # a run resumed at step 8, before its budget was fixed: steps 8..18, not a stale start
+    assert resumed.at(8) is None and all(resumed.at(s) is None for s in range(9, 18))
+    assert resumed.at(18) == (pytest.approx(0.1 * BUDGET_MARGIN), 3.0)

@@ -19,8 +19,18 @@ from resnet50.detect.coco import CocoDataset, coco_evaluate, letterbox, make_bat
 from resnet50.detect.export import export_onnx
 from resnet50.detect.nms import batched_nms, box_iou, nms, xywh_to_xyxy, xyxy_to_xywh
 from resnet50.detect.retinanet import (
-    BELOW, BETWEEN, RetinaNet, cell_anchors, create_detector, decode_boxes, encode_boxes, grid_sizes, make_anchors,
-    match_anchors, num_params, postprocess,
+    BELOW,
+    BETWEEN,
+    RetinaNet,
+    cell_anchors,
+    create_detector,
+    decode_boxes,
+    encode_boxes,
+    grid_sizes,
+    make_anchors,
+    match_anchors,
+    num_params,
+    postprocess,
 )
 from resnet50.detect.train import resolve, train
 
@@ -417,6 +427,37 @@ def test_training_lowers_the_loss_and_resumes_exactly(shapes, tmp_path):
         assert torch.allclose(v, a[k], atol=1e-6), k
 
 
+def test_a_time_budget_fixes_the_steps_and_resumes_exactly(shapes, tmp_path, monkeypatch):
+    import itertools
+
+    import resnet50.train as classification
+    from resnet50.detect.train import optim_spec
+    from resnet50.optim import lr_at
+
+    ticks = itertools.count()  # the budget's clock ticks 1 s a reading: start 0, calibration steps 3 and 13 at 1, 2
+    monkeypatch.setattr(classification, "clock", lambda: float(next(ticks)))
+    train_dir, _ = shapes
+    quiet = dict(progress=False, log=lambda *a: None)
+
+    def cfg(name, **kw):  # 4 steps an epoch; the warm-up (16 steps) covers the calibration
+        return resolve("scenes", {**TINY, "train": str(train_dir), "out": str(tmp_path), "name": name, "epochs": 20,
+                                  "warmup_epochs": 4.0, "schedule": "linear", **kw})
+
+    cut = train(cfg("b", time_budget=0.05, max_steps=16), **quiet)  # 3 s: 2 gone, 1 s of 0.1 s steps (+5 %)
+    steps = json.loads((Path(cut["run_dir"]) / "config.json").read_text())["run"]["budget_steps"]
+    assert steps == classification.plan_budget(3, 2, 13, 0.1 * classification.BUDGET_MARGIN, 0, 4, 1, 80) == 22
+    assert torch.load(Path(cut["run_dir"]) / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == 22
+    done = train(cfg("b", time_budget=0.05), resume=cut["run_dir"], **quiet)
+    assert done["step"] == 22 and done["epoch"] == 6  # 5 epochs and 2 steps: the budget ends the sixth
+    ref = train(cfg("ref", budget_steps=22), **quiet)
+    rows = [json.loads(line) for line in (Path(ref["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    o = cfg("x").optim
+    assert rows[-1]["lr"] == pytest.approx(lr_at(21, 4, optim_spec(o, 22 / 4), o.lr * 8 / 256))  # linear to 0 at 22
+    a = load_detector(Path(done["run_dir"]) / "final.safetensors").model.state_dict()
+    b = load_detector(Path(ref["run_dir"]) / "final.safetensors").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_postprocess_gives_clipped_sorted_detections():
     model = create_detector(arch="resnet18", image_size=64, num_classes=3, score_thresh=0.0,
                             detections_per_img=20).eval()
@@ -463,3 +504,16 @@ def test_cli_evaluate_and_predict(shapes, tmp_path, capsys):
     assert main(["detect", "evaluate", "--weights", str(tmp_path / "missing.pt"), "--data", str(val_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.pt" in err
+
+
+def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
+    # the README's detection demo, shrunk: 32 training and 8 validation scenes, 2 steps, no time budget
+    assert main(["detect", "demo", "--out", str(tmp_path), "--train-scenes", "32", "--val-scenes", "8",
+                 "--max-steps", "2", "--time-budget", "0", "--json", "--no-progress"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["steps"] == 2 and s["train_scenes"] == 32 and s["val_scenes"] == 8 and 0 <= s["map"] <= 1
+    assert Path(s["picture"]).stat().st_size > 0 and len(s["per_class"]) == 10
+    cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
+    assert cfg["run"]["time_budget"] == 0 and cfg["optim"]["epochs"] == 8  # the flag took effect, the cap is the demo's
+    assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--time-budget", "-1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "bad").exists()  # refused before writing

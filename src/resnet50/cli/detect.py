@@ -132,7 +132,10 @@ def _register_demo(dsub) -> None:
                         "scratch")
     p.add_argument("--train-scenes", type=int, default=TRAIN_SCENES)
     p.add_argument("--val-scenes", type=int, default=VAL_SCENES)
-    p.add_argument("--epochs", default=None, help="override the scenes recipe's epochs")
+    p.add_argument("--epochs", default=None, help="the most epochs the time budget may use (default 8); with "
+                   "--time-budget 0, exactly this many")
+    p.add_argument("--time-budget", dest="time_budget", default=None, metavar="MINUTES",
+                   help="minutes of training (default 12.5, so the demo ends within 15 minutes); 0 = --epochs")
     p.add_argument("--max-steps", default=None, help="stop training after this many steps (smoke test)")
     _common(p)
     p.set_defaults(func=run_demo)
@@ -141,7 +144,8 @@ def _register_demo(dsub) -> None:
 def run_demo(args) -> int:
     from ..detect.demo import run_detect_demo
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
+                                   ("time_budget", args.time_budget)) if v is not None}
     s = run_detect_demo(args.out, args.init_weights, overrides, args.train_scenes, args.val_scenes,
                         progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
     if args.json:

@@ -16,6 +16,9 @@ from ..files import output_dir, write_json
 TRAIN_SCENES = 5000  # drawn from the embedded train split
 VAL_SCENES = 500  # drawn from the embedded val split, never trained on
 VAL_SEED = 1
+# The demo trains in a time budget (resnet50.detect.train's time_budget), so that writing the scenes, training,
+# evaluating and drawing end within 15 minutes on any 2-core CPU; --epochs is the upper bound on a fast one.
+DETECT_DEMO_BUDGET = {"time_budget": 12.5, "epochs": 8}
 
 
 def run_detect_demo(out: str = "runs", init_weights: str | None = None, overrides: dict | None = None,
@@ -28,16 +31,23 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
     from .train import resolve, train
 
     name = (overrides or {}).get("name") or f"detect-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    root = output_dir(Path(out) / name)
+    root = Path(out) / name
+    train_dir, val_dir = root / "scenes-train", root / "scenes-val"
+    # the config first: a wrong option is refused before any scene is written
+    cfg = resolve("scenes", {**DETECT_DEMO_BUDGET, **(overrides or {}), "train": str(train_dir), "val": str(val_dir),
+                             "out": str(root), "name": "run", "init_weights": init_weights or ""})
+    output_dir(root)
     t0 = time.perf_counter()
-    train_dir = write_scenes(root / "scenes-train", split="train", kind="multi", count=train_scenes, seed=0).parent
-    val_dir = write_scenes(root / "scenes-val", split="val", kind="multi", count=val_scenes, seed=VAL_SEED).parent
+    write_scenes(train_dir, split="train", kind="multi", count=train_scenes, seed=0)
+    write_scenes(val_dir, split="val", kind="multi", count=val_scenes, seed=VAL_SEED)
     log(f"wrote {train_scenes} training and {val_scenes} validation scenes under {root} "
         f"({time.perf_counter() - t0:.0f} s)")
-    cfg = resolve("scenes", {**(overrides or {}), "train": str(train_dir), "val": str(val_dir), "out": str(root),
-                             "name": "run", "init_weights": init_weights or ""})
     if not init_weights:
         log("no --init-weights: training from scratch")
+    if cfg.run.time_budget:
+        log(f"training for {cfg.run.time_budget:g} minutes (a time budget: as many steps as fit, at most "
+            f"{cfg.optim.epochs} epochs), then evaluating and drawing: ending about "
+            f"{time.strftime('%H:%M', time.localtime(time.time() + 60 * (cfg.run.time_budget + 0.5)))}")
     result = train(cfg, progress=progress, log=log)
     run_dir = Path(result["run_dir"])
     val = result["val"]

@@ -25,11 +25,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from .. import train as classification
 from ..errors import UserError
 from ..files import atomic_path, output_dir, pyplot, save_figure, write_json
 from ..optim import build_optimizer, lr_at
 from ..recipes import OptimSpec, coerce_field
-from ..train import autocast_dtype, pick_device, setup_distributed
+from ..train import Calibration, autocast_dtype, pick_device, plan_budget, setup_distributed
 from .checkpoint import save_detector
 from .coco import CocoDataset, make_batch
 from .evaluate import evaluate
@@ -79,6 +80,12 @@ class DetectRun:
     checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints; 0 = end of each epoch only
     max_steps: int = 0  # stop after this many steps (tests, smoke runs); 0 = no limit
     time_limit: float = 0.0  # minutes: stop after the epoch in which this runs out; 0 = off
+    # Time-budgeted training, as resnet50.train does it (Li et al., "Budgeted Training", ICLR 2020): minutes of
+    # training including its validations. Optimiser steps CALIBRATION[0]..[1] measure the speed; the run's length is
+    # then fixed as budget_steps (saved in config.json and last.pt: --budget-steps N repeats it exactly) and the
+    # schedule runs over those steps; --epochs is the upper bound. 0 = off.
+    time_budget: float = 0.0
+    budget_steps: int = 0
     threads: int = 0  # torch intra-op threads; 0 = the default
     deterministic: bool = False
 
@@ -214,17 +221,20 @@ def validate(cfg: DetectTrainConfig) -> None:
         (r.amp in ("auto", "bf16", "off"), f"unknown amp {r.amp!r}; use auto, bf16 or off"),
         (r.device in ("auto", "cpu", "cuda"), f"unknown device {r.device!r}; use auto, cpu or cuda"),
         (r.eval_every >= 1, "eval_every must be >= 1"),
+        (r.time_budget >= 0 and r.budget_steps >= 0, "time_budget and budget_steps must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
 
 
-def optim_spec(o: DetectOptim) -> OptimSpec:
-    """The classification OptimSpec that resnet50.optim's optimiser and schedule read, from our fields."""
+def optim_spec(o: DetectOptim, budget_epochs: float = 0.0) -> OptimSpec:
+    """The classification OptimSpec that resnet50.optim's optimiser and schedule read, from our fields; a time
+    budget's steps (``budget_epochs``, in epochs) replace --epochs as the schedule's length once fixed."""
     return OptimSpec(optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                      decay_norm_and_bias=o.decay_norm_and_bias, schedule=o.schedule, milestones=o.milestones,
-                     gamma=o.gamma, warmup_epochs=o.warmup_epochs, warmup_start=o.warmup_start, epochs=o.epochs)
+                     gamma=o.gamma, warmup_epochs=o.warmup_epochs, warmup_start=o.warmup_start,
+                     epochs=budget_epochs or o.epochs)
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------
@@ -267,6 +277,29 @@ def check_resume_config(saved: DetectTrainConfig, cfg: DetectTrainConfig) -> Non
         raise UserError("--init-weights cannot change on resume (the checkpoint holds the weights)")
 
 
+def fix_budget(cfg: DetectTrainConfig, run_dir: Path, ddp, device, started: float, step_s: float, now: float,
+               step: int, steps_per_epoch: int, val_count: int, log) -> None:
+    """At the end of the calibration steps: measure the step time, fix ``cfg.run.budget_steps`` (the same on every
+    process) with the classification trainer's plan (``resnet50.train.plan_budget``), record it in config.json and
+    say how long the run will take."""
+    r = cfg.run
+    # a validation: a forward pass per scene (about a third of a training step's work per image) and pycocotools
+    eval_s = val_count / cfg.data.batch_size * step_s / 3 + (2.0 if val_count else 0.0)
+    steps = plan_budget(r.time_budget * 60, now - started, step, step_s, eval_s, steps_per_epoch, r.eval_every,
+                        steps_per_epoch * cfg.optim.epochs)
+    if ddp.world > 1:  # rank 0 decides
+        t = torch.tensor([steps], dtype=torch.int64, device=device)
+        dist.broadcast(t, 0)
+        steps = int(t)
+    r.budget_steps = steps
+    if ddp.main:
+        write_json(run_dir / "config.json", cfg.to_dict(), indent=2)
+        end = time.strftime("%H:%M", time.localtime(time.time() + r.time_budget * 60 - (now - started)))
+        log(f"time budget {r.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
+            f"({steps / steps_per_epoch:.1f} epochs); training ends about {end} (rerun exactly with "
+            f"--budget-steps {steps})")
+
+
 def _unwrap(net: nn.Module) -> RetinaNet:
     return getattr(net, "module", net)
 
@@ -279,6 +312,8 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
         state = load_checkpoint(resume)
         saved = DetectTrainConfig.from_dict(state["config"])
         if cfg is not None:
+            if not cfg.run.budget_steps:  # a budgeted run resumes with the steps it fixed
+                cfg.run.budget_steps = saved.run.budget_steps
             check_resume_config(saved, cfg)
         cfg = cfg or saved
     if cfg is None:
@@ -317,9 +352,14 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
     set_trainable_layers(model.backbone.body, o.trainable_layers)
     memory_format = torch.channels_last if r.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    spec = optim_spec(o)
     peak_lr = o.lr * dc.batch_size / 256
-    optimizer = build_optimizer(model, spec, peak_lr)
+    optimizer = build_optimizer(model, optim_spec(o), peak_lr)
+
+    def schedule() -> OptimSpec:  # over --epochs, or over the time budget's steps once they are fixed
+        return optim_spec(o, r.budget_steps / steps_per_epoch)
+
+    def epochs() -> int:
+        return -(-(r.budget_steps or steps_per_epoch * o.epochs) // steps_per_epoch)
     amp = autocast_dtype(r.amp, device)
 
     step, start_epoch, done_batches, best, history, running = 0, 0, 0, -1.0, [], None
@@ -354,15 +394,16 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
 
     # wall time, and this process's CPU time (all threads): on shared cores the second says what the run cost
     t_start, cpu_start = time.perf_counter(), time.process_time()
+    started, calibration = classification.clock(), Calibration()  # the time budget's clock and speed
     eval_wall = eval_cpu = 0.0  # validation time, kept out of the training time
     last, stop, val = (history[-1] if history else {}), False, None
-    for epoch in range(start_epoch, o.epochs):
+    for epoch in range(start_epoch, epochs()):
         net.train()
         order, flips = epoch_plan(len(train_set), epoch, r.seed, dc.hflip)
         # loss sums (classification, regression), images, skipped files
         sums = running if running is not None else [0.0, 0.0, 0, 0]
         running = None
-        bar = tqdm(total=steps_per_epoch, initial=done_batches, desc=f"epoch {epoch + 1}/{o.epochs}", unit="batch",
+        bar = tqdm(total=steps_per_epoch, initial=done_batches, desc=f"epoch {epoch + 1}/{epochs()}", unit="batch",
                    disable=not (progress and ddp.main), leave=False)
         t_epoch, seen_now = time.perf_counter(), 0
         for b in range(done_batches, steps_per_epoch):
@@ -370,7 +411,7 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
             idx = order[lo:lo + per_rank]
             batch = make_batch(train_set, idx, cfg.model.image_size, [flips[i] for i in idx])
             sums[3] += len(batch.skipped)
-            lr = lr_at(step, steps_per_epoch, spec, peak_lr)
+            lr = lr_at(step, steps_per_epoch, schedule(), peak_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             images = batch.images.to(device).contiguous(memory_format=memory_format)
@@ -388,6 +429,10 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
                 nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], o.grad_clip)
             optimizer.step()
             step += 1
+            if r.time_budget and not r.budget_steps and (measured := calibration.at(step)) is not None:
+                fix_budget(cfg, run_dir, ddp, device, started, *measured, step, steps_per_epoch,
+                           len(val_set) if val_set is not None else 0, log)
+                bar.set_description(f"epoch {epoch + 1}/{epochs()}")
             n = images.shape[0]
             sums[0] += float(losses["classification"].detach()) * n
             sums[1] += float(losses["bbox_regression"].detach()) * n
@@ -398,6 +443,9 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
                             img_s=f"{seen_now * ddp.world / (time.perf_counter() - t_epoch):.1f}")
             if r.checkpoint_every and step % r.checkpoint_every == 0:
                 checkpoint(epoch, b + 1, list(sums))
+            if r.budget_steps and step >= r.budget_steps:  # the budget ends the run (and this epoch) here
+                done_batches = b + 1
+                break
             if r.max_steps and step >= r.max_steps:
                 stop = b + 1 < steps_per_epoch
                 done_batches = b + 1
@@ -409,13 +457,14 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
         if ddp.world > 1:
             dist.all_reduce(totals)
         epoch_s = time.perf_counter() - t_epoch
-        row = {"epoch": epoch + 1, "step": step, "lr": lr_at(max(step - 1, 0), steps_per_epoch, spec, peak_lr),
+        row = {"epoch": epoch + 1, "step": step, "lr": lr_at(max(step - 1, 0), steps_per_epoch, schedule(), peak_lr),
                "train_loss": float((totals[0] + totals[1]) / max(totals[2], 1)),
                "train_cls_loss": float(totals[0] / max(totals[2], 1)),
                "train_box_loss": float(totals[1] / max(totals[2], 1)),
                "train_images": int(totals[2]), "skipped_files": int(totals[3]), "epoch_s": epoch_s,
                "img_s": seen_now * ddp.world / max(epoch_s, 1e-9)}
-        final_epoch = epoch + 1 == o.epochs or (r.max_steps and step >= r.max_steps)
+        final_epoch = epoch + 1 >= epochs() or bool(r.max_steps and step >= r.max_steps) \
+            or bool(r.budget_steps and step >= r.budget_steps)
         out_of_time = bool(r.time_limit) and time.perf_counter() - t_start > r.time_limit * 60
         if val_set is not None and ddp.main and ((epoch + 1) % r.eval_every == 0 or final_epoch or out_of_time):
             t_eval, c_eval = time.perf_counter(), time.process_time()
@@ -438,7 +487,7 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
             _write_history(run_dir, history)
             _plot(run_dir, history)
             val_txt = f", val mAP {row['val_map']:.3f} (AP50 {row['val_map50']:.3f})" if "val_map" in row else ""
-            log(f"epoch {epoch + 1}/{o.epochs}: loss {row['train_loss']:.4f} (cls {row['train_cls_loss']:.4f}, box "
+            log(f"epoch {epoch + 1}/{epochs()}: loss {row['train_loss']:.4f} (cls {row['train_cls_loss']:.4f}, box "
                 f"{row['train_box_loss']:.4f}){val_txt}, {row['img_s']:.1f} img/s")
         if stop:
             break
