@@ -6,6 +6,10 @@ the two layouts stepped alternately.
     python benchmarks/train_speed.py --sizes 32,40,48 --batch 128 --in-chans 1 --num-classes 10 --bf16   # the demo
     python benchmarks/train_speed.py --sizes 48,224 --batch 128 --in-chans 1 --num-classes 10 --gemm-share --compile
 
+``--optimizer adamw`` steps AdamW (the demo's) instead of SGD with momentum; ``--fused`` adds a channels_last row
+whose optimiser is torch's fused implementation (one kernel over all parameters instead of a loop over them; what
+``resnet50.optim.build_optimizer`` uses).
+
 ``--gemm-share`` measures the machine's fp32 GEMM rate (``resnet50.bench.matmul_peak``: torch.mm and ONNX Runtime
 on a square product and on ResNet-50's own im2col shapes, the fastest) and gives each fp32 row's share of it: a
 training step costs 3 forward passes (forward, and a backward of twice its work), so its rate is
@@ -29,8 +33,11 @@ from resnet50.files import write_json
 from resnet50.summary import summarize
 
 
-def step_fn(model, x, y, amp: bool = False):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def step_fn(model, x, y, amp: bool = False, optimizer: str = "sgd", fused: bool | None = None):
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=fused)
 
     def step() -> float:
         t = time.perf_counter()
@@ -81,7 +88,12 @@ def main() -> None:
     ap.add_argument("--num-classes", type=int, default=1000, help="10 for the demo")
     ap.add_argument("--gemm-share", action="store_true", help="each fp32 row's share of the measured fp32 GEMM rate")
     ap.add_argument("--compile", action="store_true", help="also time channels_last under torch.compile (fp32)")
+    ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    ap.add_argument("--fused", action="store_true", help="also time channels_last with the fused optimiser")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     peak = matmul_peak() if args.gemm_share else None
     if peak:
@@ -90,8 +102,8 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         # Both layouts are built first and then stepped alternately, so drift in the machine's load hits both alike.
         steps = {}
-        formats = ("nchw", "channels_last") + (("channels_last+compile",) if args.compile else ()) + \
-            (("channels_last+bf16",) if args.bf16 else ())
+        formats = ("nchw", "channels_last") + (("channels_last+fused",) if args.fused else ()) + \
+            (("channels_last+compile",) if args.compile else ()) + (("channels_last+bf16",) if args.bf16 else ())
         compile_s = {}
         for fmt in formats:
             mf = torch.contiguous_format if fmt == "nchw" else torch.channels_last
@@ -102,7 +114,8 @@ def main() -> None:
                 model = torch.compile(model)
             x = torch.randn(args.batch, args.in_chans, size, size).contiguous(memory_format=mf)
             y = torch.randint(0, args.num_classes, (args.batch,))
-            steps[fmt] = step_fn(model, x, y, amp=fmt.endswith("bf16"))
+            steps[fmt] = step_fn(model, x, y, amp=fmt.endswith("bf16"), optimizer=args.optimizer,
+                                 fused=True if fmt.endswith("fused") else None)
             t = time.perf_counter()
             steps[fmt]()  # warm-up (and, compiled, the compilation)
             steps[fmt]()
@@ -113,7 +126,8 @@ def main() -> None:
                 times[fmt].append(step())
         for fmt, ts in times.items():
             med = statistics.median(ts)
-            row = {"size": size, "format": fmt, "batch": args.batch, "steps": len(ts), "median_step_s": med,
+            row = {"size": size, "format": fmt, "optimizer": args.optimizer, "batch": args.batch, "steps": len(ts),
+                   "median_step_s": med,
                    "img_s": args.batch / med, "train_gflop_per_image": 6 * macs / 1e9}
             if fmt.endswith("compile"):
                 row["compile_and_first_steps_s"] = round(compile_s[fmt], 1)
