@@ -288,6 +288,14 @@ def test_coco_evaluation_on_a_hand_checked_case():
     assert r["map"] == pytest.approx((5 * 1.0 + 5 * 51 / 101) / 10)
     assert r["per_class"] == {"square": pytest.approx(r["map"])}
     assert coco_evaluate(gt, [])["map"] == 0.0
+    # the same boxes with a wrong label: per class AP 0 for both categories; labels ignored, the figures above
+    gt2 = dict(gt, categories=gt["categories"] + [{"id": 2, "name": "disc"}])
+    wrong = [dict(d, category_id=2) for d in dets]
+    r2 = coco_evaluate(gt2, wrong)
+    assert r2["map50"] == 0.0 and r2["per_class"] == {"square": 0.0, "disc": None}
+    agnostic = coco_evaluate(gt2, wrong, use_cats=False)
+    assert agnostic["map50"] == pytest.approx(1.0) and agnostic["map"] == pytest.approx(r["map"])
+    assert agnostic["per_class"] == {}
 
 
 def test_bad_coco_inputs_are_one_line_errors(tmp_path):
@@ -493,6 +501,12 @@ def test_cli_evaluate_and_predict(shapes, tmp_path, capsys):
                  "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 16 and set(r["per_class"]) == {"square", "stripes"} and 0 <= r["map"] <= 1
+    assert "class_agnostic" not in r
+    assert main(["detect", "evaluate", "--weights", str(tmp_path / "det.safetensors"), "--data", str(val_dir),
+                 "--json", "--no-progress", "--class-agnostic"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert a["map"] == r["map"] and 0 <= a["class_agnostic"]["map"] <= 1 and set(a["class_agnostic"]) == {
+        "map", "map50", "map75"}
     (tmp_path / "broken.png").write_bytes(b"nope")
     assert main(["detect", "predict", str(val_dir / "images" / "001.png"), str(tmp_path / "broken.png"),
                  "--weights", str(tmp_path / "det.safetensors"), "--out", str(tmp_path / "pics"),
@@ -509,11 +523,14 @@ def test_cli_evaluate_and_predict(shapes, tmp_path, capsys):
 def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     # the README's detection demo, shrunk: 32 training and 8 validation scenes, 2 steps, no time budget
     assert main(["detect", "demo", "--out", str(tmp_path), "--train-scenes", "32", "--val-scenes", "8",
-                 "--max-steps", "2", "--time-budget", "0", "--json", "--no-progress"]) == 0
+                 "--max-steps", "2", "--time-budget", "0", "--amp", "off", "--threads", "2", "--json",
+                 "--no-progress"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["steps"] == 2 and s["train_scenes"] == 32 and s["val_scenes"] == 8 and 0 <= s["map"] <= 1
     assert Path(s["picture"]).stat().st_size > 0 and len(s["per_class"]) == 10
+    assert set(s["class_agnostic"]) == {"map", "map50", "map75"}
     cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
     assert cfg["run"]["time_budget"] == 0 and cfg["optim"]["epochs"] == 8  # the flag took effect, the cap is the demo's
+    assert cfg["run"]["amp"] == "off" and cfg["run"]["threads"] == 2
     assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--time-budget", "-1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "bad").exists()  # refused before writing

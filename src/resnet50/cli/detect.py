@@ -69,6 +69,8 @@ def _register_evaluate(dsub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="letterbox size; default the checkpoint's")
     p.add_argument("--score-thresh", type=float, default=None, help="default the checkpoint's (0.05)")
     p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 RetinaNet needs 0.0")
+    p.add_argument("--class-agnostic", action="store_true",
+                   help="also score the boxes with labels ignored (pycocotools' useCats=0)")
     _common(p)
     p.set_defaults(func=run_evaluate)
 
@@ -77,12 +79,16 @@ def run_evaluate(args) -> int:
     from ..detect.evaluate import evaluate_weights
 
     r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
-                         image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
+                         class_agnostic=args.class_agnostic, image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
     if args.json:
         print_json(r)
         return 0
     print(f"{r['images']} images of {r['data']}: mAP@[.5:.95] {r['map']:.3f}, mAP@.5 {r['map50']:.3f}, "
           f"mAP@.75 {r['map75']:.3f} ({r['detections']} detections)")
+    if "class_agnostic" in r:
+        a = r["class_agnostic"]
+        print(f"class-agnostic (labels ignored): mAP@[.5:.95] {a['map']:.3f}, mAP@.5 {a['map50']:.3f}, "
+              f"mAP@.75 {a['map75']:.3f}")
     per = sorted((v, k) for k, v in r["per_class"].items() if v is not None)
     if per:
         print("per class AP: " + ", ".join(f"{k} {v:.3f}" for v, k in per))
@@ -137,6 +143,8 @@ def _register_demo(dsub) -> None:
     p.add_argument("--time-budget", dest="time_budget", default=None, metavar="MINUTES",
                    help="minutes of training (default 12.5, so the demo ends within 15 minutes); 0 = --epochs")
     p.add_argument("--max-steps", default=None, help="stop training after this many steps (smoke test)")
+    p.add_argument("--amp", default=None, help="auto (bf16 where the CPU has bf16 instructions), bf16 or off")
+    p.add_argument("--threads", default=None, help="torch threads for training (default: all cores)")
     _common(p)
     p.set_defaults(func=run_demo)
 
@@ -145,7 +153,8 @@ def run_demo(args) -> int:
     from ..detect.demo import run_detect_demo
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
-                                   ("time_budget", args.time_budget)) if v is not None}
+                                   ("time_budget", args.time_budget), ("amp", args.amp), ("threads", args.threads))
+                 if v is not None}
     s = run_detect_demo(args.out, args.init_weights, overrides, args.train_scenes, args.val_scenes,
                         progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
     if args.json:

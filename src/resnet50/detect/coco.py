@@ -353,10 +353,14 @@ def detections_to_coco(ds: CocoDataset, image_ids: list[int], detections: list[d
     return out
 
 
-def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | None = None) -> dict:
+def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | None = None,
+                  use_cats: bool = True) -> dict:
     """pycocotools' bbox evaluation of ``results`` (COCO result dicts) against ``ground_truth`` (a COCO dict).
     Returns map (AP@[.5:.95], area all, 100 detections), map50, map75, the small/medium/large APs, ar100 and
-    per_class (AP@[.5:.95] by category name; None for a category without ground truth), and the counts."""
+    per_class (AP@[.5:.95] by category name; None for a category without ground truth), and the counts.
+    ``use_cats=False`` is pycocotools' class-agnostic evaluation (``params.useCats = 0``): a detection matches any
+    ground-truth box whatever the two labels, so it measures finding and placing the objects, not naming them (two
+    detections of one object under two labels: one true and one false positive); per_class is then empty."""
     COCO, COCOeval = require_pycocotools()
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
@@ -367,10 +371,11 @@ def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | 
         names = classes or [c["name"] for c in ground_truth["categories"]]
         if not results:  # pycocotools cannot load an empty result list: nothing detected is AP 0 everywhere
             return {"map": 0.0, "map50": 0.0, "map75": 0.0, "map_small": 0.0, "map_medium": 0.0, "map_large": 0.0,
-                    "ar100": 0.0, "per_class": {n: 0.0 for n in names}, "images": len(ground_truth["images"]),
+                    "ar100": 0.0, "per_class": {n: 0.0 for n in names} if use_cats else {}, "images": len(ground_truth["images"]),
                     "detections": 0}
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
+        ev.params.useCats = int(use_cats)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -378,7 +383,7 @@ def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | 
     # precision: (IoU thresholds, recall points, categories, area ranges, max detections); -1 = no ground truth
     precision = ev.eval["precision"]
     per_class = {}
-    for k, (cid, name) in enumerate(zip(cats, names)):
+    for k, (cid, name) in enumerate(zip(cats, names) if use_cats else ()):
         p = precision[:, :, ev.params.catIds.index(cid), 0, -1]
         per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
     return {"map": max(stats[0], 0.0), "map50": max(stats[1], 0.0), "map75": max(stats[2], 0.0),

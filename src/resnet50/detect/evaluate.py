@@ -44,8 +44,10 @@ def detect_dataset(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, devi
 
 def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
              amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False,
-             classes: list[str] | None = None) -> dict:
-    """pycocotools metrics of ``model`` on ``ds``. ``classes``: the model's class names (default: the dataset's)."""
+             classes: list[str] | None = None, class_agnostic: bool = False) -> dict:
+    """pycocotools metrics of ``model`` on ``ds``. ``classes``: the model's class names (default: the dataset's).
+    ``class_agnostic`` adds ``class_agnostic``: map, map50, map75 with labels ignored (``coco_evaluate``'s
+    use_cats=False): what the boxes score when only finding and placing the objects counts."""
     ids, dets, skipped = detect_dataset(model, ds, batch_size, device, amp, channels_last, progress)
     to_category = category_map(classes or ds.classes, ds)
     results = []
@@ -62,6 +64,9 @@ def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=tor
         gt = dict(gt, images=[im for im in gt["images"] if im["id"] in done],
                   annotations=[a for a in gt["annotations"] if a["image_id"] in done])
     metrics = coco_evaluate(gt, results)
+    if class_agnostic:
+        agnostic = coco_evaluate(gt, results, use_cats=False)
+        metrics["class_agnostic"] = {k: agnostic[k] for k in ("map", "map50", "map75")}
     metrics["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     return metrics
 
@@ -79,12 +84,13 @@ def category_map(model_classes: list[str], ds: CocoDataset) -> list[int | None]:
 
 
 def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str = "cpu", progress: bool = True,
-                     **overrides) -> dict:
+                     class_agnostic: bool = False, **overrides) -> dict:
     """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``."""
     from .checkpoint import load_detector
 
     ckpt = load_detector(weights, **overrides)
     ds = CocoDataset(data, in_chans=ckpt.config.in_chans)
     dev = torch.device(device)
-    metrics = evaluate(ckpt.model.to(dev), ds, batch_size, dev, progress=progress, classes=ckpt.classes)
+    metrics = evaluate(ckpt.model.to(dev), ds, batch_size, dev, progress=progress, classes=ckpt.classes,
+                       class_agnostic=class_agnostic)
     return {"weights": str(weights), "data": str(ds.json_path), "dataset": ds.stats.to_dict(), **metrics}
