@@ -501,27 +501,36 @@ def plan_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, eva
 
 
 def calibrate(run: Run, step: int) -> None:
-    """When the calibration ends, fix budget_steps from the step time it measured (the same on every process),
-    record it in config.json, and say how long the run will take."""
+    """When the calibration ends, fix the run's budget_steps from the step time it measured."""
     measured = run.calibration.at(step)
     if measured is None:
         return
     step_s, now = measured
     # evaluation is a forward pass: about a third of a training step per image
     eval_s = (run.data.val_count or 0) / run.cfg.data.batch_size * step_s / 3
-    steps = plan_budget(run.cfg.run.time_budget * 60, now - run.started, step, step_s, eval_s,
-                        run.steps_per_epoch, run.cfg.run.eval_every, run.steps_per_epoch * run.cfg.optim.epochs)
-    if run.ddp.world > 1:  # rank 0 decides
-        t = torch.tensor([steps], dtype=torch.int64, device=run.device)
+    fix_budget(run.cfg, run.run_dir, run.ddp, run.device, run.started, step_s, now, step, run.steps_per_epoch,
+               eval_s, run.log)
+
+
+def fix_budget(cfg, run_dir: Path, ddp: Dist, device: torch.device, started: float, step_s: float, now: float,
+               step: int, steps_per_epoch: int, eval_s: float, log) -> None:
+    """Fix ``cfg.run.budget_steps`` by :func:`plan_budget` (rank 0 decides, every process gets its answer), record
+    it in config.json and say how long the run will take. ``cfg``: a TrainConfig or a detection config (both have
+    run.time_budget, run.eval_every, run.budget_steps and optim.epochs); ``eval_s``: one validation's estimate."""
+    r = cfg.run
+    steps = plan_budget(r.time_budget * 60, now - started, step, step_s, eval_s, steps_per_epoch, r.eval_every,
+                        steps_per_epoch * cfg.optim.epochs)
+    if ddp.world > 1:
+        t = torch.tensor([steps], dtype=torch.int64, device=device)
         dist.broadcast(t, 0)
         steps = int(t)
-    run.cfg.run.budget_steps = steps
-    if run.ddp.main:
-        write_json(run.run_dir / "config.json", run.cfg.to_dict(), indent=2)
-        end = time.strftime("%H:%M", time.localtime(time.time() + run.cfg.run.time_budget * 60 - (now - run.started)))
-        run.log(f"time budget {run.cfg.run.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
-                f"({steps / run.steps_per_epoch:.1f} epochs); training ends about {end} (rerun exactly with "
-                f"--budget-steps {steps})")
+    r.budget_steps = steps
+    if ddp.main:
+        write_json(run_dir / "config.json", cfg.to_dict(), indent=2)
+        end = time.strftime("%H:%M", time.localtime(time.time() + r.time_budget * 60 - (now - started)))
+        log(f"time budget {r.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
+            f"({steps / steps_per_epoch:.1f} epochs); training ends about {end} (rerun exactly with "
+            f"--budget-steps {steps})")
 
 
 # --- one epoch -----------------------------------------------------------------------------------------------

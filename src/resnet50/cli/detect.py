@@ -79,7 +79,8 @@ def run_evaluate(args) -> int:
     from ..detect.evaluate import evaluate_weights
 
     r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
-                         class_agnostic=args.class_agnostic, image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
+                         class_agnostic=args.class_agnostic, image_size=args.image_size,
+                         score_thresh=args.score_thresh, bn_eps=args.bn_eps)
     if args.json:
         print_json(r)
         return 0

@@ -371,7 +371,8 @@ def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | 
         names = classes or [c["name"] for c in ground_truth["categories"]]
         if not results:  # pycocotools cannot load an empty result list: nothing detected is AP 0 everywhere
             return {"map": 0.0, "map50": 0.0, "map75": 0.0, "map_small": 0.0, "map_medium": 0.0, "map_large": 0.0,
-                    "ar100": 0.0, "per_class": {n: 0.0 for n in names} if use_cats else {}, "images": len(ground_truth["images"]),
+                    "ar100": 0.0, "per_class": {n: 0.0 for n in names} if use_cats else {},
+                    "images": len(ground_truth["images"]),
                     "detections": 0}
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..files import atomic_path, output_dir, pyplot, save_figure, write_json
 from ..optim import build_optimizer, lr_at
 from ..recipes import OptimSpec, coerce_field
-from ..train import Calibration, autocast_dtype, pick_device, plan_budget, setup_distributed
+from ..train import Calibration, autocast_dtype, fix_budget, pick_device, setup_distributed
 from .checkpoint import save_detector
 from .coco import CocoDataset, make_batch
 from .evaluate import evaluate
@@ -277,29 +277,6 @@ def check_resume_config(saved: DetectTrainConfig, cfg: DetectTrainConfig) -> Non
         raise UserError("--init-weights cannot change on resume (the checkpoint holds the weights)")
 
 
-def fix_budget(cfg: DetectTrainConfig, run_dir: Path, ddp, device, started: float, step_s: float, now: float,
-               step: int, steps_per_epoch: int, val_count: int, log) -> None:
-    """At the end of the calibration steps: measure the step time, fix ``cfg.run.budget_steps`` (the same on every
-    process) with the classification trainer's plan (``resnet50.train.plan_budget``), record it in config.json and
-    say how long the run will take."""
-    r = cfg.run
-    # a validation: a forward pass per scene (about a third of a training step's work per image) and pycocotools
-    eval_s = val_count / cfg.data.batch_size * step_s / 3 + (2.0 if val_count else 0.0)
-    steps = plan_budget(r.time_budget * 60, now - started, step, step_s, eval_s, steps_per_epoch, r.eval_every,
-                        steps_per_epoch * cfg.optim.epochs)
-    if ddp.world > 1:  # rank 0 decides
-        t = torch.tensor([steps], dtype=torch.int64, device=device)
-        dist.broadcast(t, 0)
-        steps = int(t)
-    r.budget_steps = steps
-    if ddp.main:
-        write_json(run_dir / "config.json", cfg.to_dict(), indent=2)
-        end = time.strftime("%H:%M", time.localtime(time.time() + r.time_budget * 60 - (now - started)))
-        log(f"time budget {r.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
-            f"({steps / steps_per_epoch:.1f} epochs); training ends about {end} (rerun exactly with "
-            f"--budget-steps {steps})")
-
-
 def _unwrap(net: nn.Module) -> RetinaNet:
     return getattr(net, "module", net)
 
@@ -430,8 +407,10 @@ def train(cfg: DetectTrainConfig | None, resume: str | None = None, progress: bo
             optimizer.step()
             step += 1
             if r.time_budget and not r.budget_steps and (measured := calibration.at(step)) is not None:
-                fix_budget(cfg, run_dir, ddp, device, started, *measured, step, steps_per_epoch,
-                           len(val_set) if val_set is not None else 0, log)
+                # a validation: a forward pass per scene (about a third of a training step's work) + pycocotools
+                n_val = len(val_set) if val_set is not None else 0
+                eval_s = n_val / dc.batch_size * measured[0] / 3 + (2.0 if n_val else 0.0)
+                fix_budget(cfg, run_dir, ddp, device, started, *measured, step, steps_per_epoch, eval_s, log)
                 bar.set_description(f"epoch {epoch + 1}/{epochs()}")
             n = images.shape[0]
             sums[0] += float(losses["classification"].detach()) * n
