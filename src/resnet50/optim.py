@@ -82,7 +82,7 @@ def build_optimizer(model: nn.Module, o: OptimSpec, lr: float) -> torch.optim.Op
     """The optimiser ``o`` names over ``model``'s trainable parameters (weight decay per :func:`param_groups`).
     AdamW uses torch's fused implementation on CPU and CUDA (one kernel over all parameters instead of a loop over
     them): its optimiser step is 1.6x faster and a training step at the demo's shapes 4.6 % faster on the 2-core
-    CPU (``benchmarks/train_speed.py --optimizer adamw --fused``, docs/benchmarks.md); for SGD the fused one measured
+    CPU (the fused row of ``benchmarks/train_speed.py`` with AdamW, docs/benchmarks.md); for SGD the fused one measured
     no faster, so torch's default stays."""
     groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias)
     if o.optimizer == "sgd":
