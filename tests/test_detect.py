@@ -534,3 +534,15 @@ def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     assert cfg["run"]["amp"] == "off" and cfg["run"]["threads"] == 2
     assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--time-budget", "-1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "bad").exists()  # refused before writing
+
+
+def test_resuming_the_other_kind_of_checkpoint_names_the_right_command(tmp_path, capsys):
+    torch.save({"kind": "detector", "config": {}, "model": {}}, tmp_path / "det.pt")
+    torch.save({"config": {}, "model": {}}, tmp_path / "cls.pt")
+    assert main(["train", "--resume", str(tmp_path / "det.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a detector's training checkpoint" in err
+    assert "'resnet50 detect train --resume" in err
+    assert main(["detect", "train", "--resume", str(tmp_path / "cls.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a classifier's training checkpoint" in err and "'resnet50 train --resume" in err

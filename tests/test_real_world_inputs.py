@@ -260,10 +260,13 @@ PRINTED_BY = {
 
 
 def _flags(command: str) -> set[str]:
+    """The options of ``command``; a two-word one ('detect train') is a subcommand's own parser."""
     from resnet50.cli import build_parser
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    return {s for a in sub._actions for s in a.option_strings}
+    parser = build_parser()
+    for word in command.split():
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    return {s for a in parser._actions for s in a.option_strings}
 
 
 FLAG = r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]"
@@ -276,7 +279,10 @@ def test_every_hint_names_a_flag_of_the_command_that_prints_it():
         text = (root / f"{module}.py").read_text()
         # a hint that names a command ('resnet50 train --resume RUN') is checked against that command
         for cmd, rest in re.findall(r"'resnet50 ([a-z]+)([^']*)'", text):
-            bad += [f"{module}.py: '{cmd}' is no command"] if cmd not in _commands() else \
+            if cmd == "detect":  # a subcommand: 'resnet50 detect train --resume RUN'
+                sub, _, rest = rest.strip().partition(" ")
+                cmd = f"detect {sub}"
+            bad += [f"{module}.py: '{cmd}' is no command"] if cmd.split()[0] not in _commands() else \
                 [f"{module}.py: {f} (not on {cmd})" for f in re.findall(FLAG, rest) if f not in _flags(cmd)]
         text = re.sub(r"'resnet50 [a-z]+[^']*'", "", text)
         for flag in set(re.findall(FLAG, text)):

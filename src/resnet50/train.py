@@ -238,20 +238,27 @@ class RunState:
                 setattr(self, f.name, d[f.name])
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
+    """A run's last.pt (``path``: the file or its run folder) for resuming, checked to be a training checkpoint of
+    this toolkit of ``kind`` ("classifier" or "detector"); errors are one-line UserErrors."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    if not path.exists():
+    if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give a run folder or its last.pt")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # truncated or foreign files raise many types
         raise UserError(f"{path} is not a readable training checkpoint ({type(e).__name__}); it may be "
-                        "truncated") from e
+                        "truncated") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"{path} is not a training checkpoint of this toolkit (no config/model); to start from "
                         "weights use --init-weights")
+    found = state.get("kind", "classifier")  # train.py's checkpoints have no "kind"; resnet50.detect.train's say so
+    if found != kind:
+        resume_with = {"classifier": "'resnet50 train --resume RUN'",
+                       "detector": "'resnet50 detect train --resume RUN'"}.get(found, "the command that wrote it")
+        raise UserError(f"{path} is a {found}'s training checkpoint, not a {kind}'s; continue it with {resume_with}")
     state["path"] = str(path)
     return state
 

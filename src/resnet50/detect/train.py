@@ -248,18 +248,8 @@ def epoch_plan(n: int, epoch: int, seed: int, hflip: float) -> tuple[list[int], 
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; give a detection run folder or its last.pt")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files raise many types
-        raise UserError(f"{path} is not a readable training checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("kind") != "detector":
-        raise UserError(f"{path} is not a detection training checkpoint of this toolkit")
-    return state
+    """A detection run's last.pt (the file or its run folder), checked (``resnet50.train.load_checkpoint``)."""
+    return classification.load_checkpoint(path, kind="detector")
 
 
 RESUMABLE_CHANGES = ("max_steps", "time_limit", "checkpoint_every", "eval_every", "threads", "device", "out", "name")
