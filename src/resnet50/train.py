@@ -512,19 +512,19 @@ def calibrate(run: Run, step: int) -> None:
     measured = run.calibration.at(step)
     if measured is None:
         return
-    step_s, now = measured
-    # evaluation is a forward pass: about a third of a training step per image
-    eval_s = (run.data.val_count or 0) / run.cfg.data.batch_size * step_s / 3
-    fix_budget(run.cfg, run.run_dir, run.ddp, run.device, run.started, step_s, now, step, run.steps_per_epoch,
-               eval_s, run.log)
+    fix_budget(run.cfg, run.run_dir, run.ddp, run.device, run.started, *measured, step, run.steps_per_epoch,
+               run.data.val_count or 0, run.log)
 
 
 def fix_budget(cfg, run_dir: Path, ddp: Dist, device: torch.device, started: float, step_s: float, now: float,
-               step: int, steps_per_epoch: int, eval_s: float, log) -> None:
+               step: int, steps_per_epoch: int, val_images: int, log, eval_extra_s: float = 0.0) -> None:
     """Fix ``cfg.run.budget_steps`` by :func:`plan_budget` (rank 0 decides, every process gets its answer), record
     it in config.json and say how long the run will take. ``cfg``: a TrainConfig or a detection config (both have
-    run.time_budget, run.eval_every, run.budget_steps and optim.epochs); ``eval_s``: one validation's estimate."""
+    run.time_budget, run.eval_every, run.budget_steps, data.batch_size and optim.epochs). A validation of
+    ``val_images`` is estimated as a forward pass, about a third of a training step's work per image, plus
+    ``eval_extra_s`` (scoring)."""
     r = cfg.run
+    eval_s = val_images / cfg.data.batch_size * step_s / 3 + (eval_extra_s if val_images else 0.0)
     steps = plan_budget(r.time_budget * 60, now - started, step, step_s, eval_s, steps_per_epoch, r.eval_every,
                         steps_per_epoch * cfg.optim.epochs)
     if ddp.world > 1:

@@ -27,7 +27,6 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
     from ..scenes import write_scenes
     from .checkpoint import load_detector
     from .coco import CocoDataset
-    from .evaluate import evaluate
     from .predict import detect_files, draw_detections
     from .train import resolve, train
 
@@ -55,10 +54,10 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
     if val is None:
         raise UserError("the demo run ended without a validation")
 
+    # the last validation's detections with labels ignored: how much of the gap is naming, not finding, the items
+    agnostic = val["class_agnostic"]
     ckpt = load_detector(run_dir / "final.safetensors")
     ds = CocoDataset(val_dir, in_chans=1)
-    # the same detections with labels ignored: how much of the gap to a perfect score is naming, not finding
-    agnostic = evaluate(ckpt.model, ds, class_agnostic=True)["class_agnostic"]
     picks = [ds.images[i].path for i in range(0, len(ds), max(1, len(ds) // samples))[:samples]]
     found = detect_files(picks, ckpt, min_score=0.5)
     tiles = [draw_detections(np.asarray(Image.open(f.file).convert("L")), f.detections) for f in found]
