@@ -534,6 +534,9 @@ def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     assert cfg["run"]["amp"] == "off" and cfg["run"]["threads"] == 2
     assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--time-budget", "-1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "bad").exists()  # refused before writing
+    assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--init-weights", str(tmp_path / "no.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no.pt does not exist" in err and not (tmp_path / "bad").exists()
 
 
 def test_resuming_the_other_kind_of_checkpoint_names_the_right_command(tmp_path, capsys):

@@ -203,6 +203,13 @@ def _from_ours(path: Path, meta: dict, sd: dict[str, Tensor]) -> Checkpoint:
     return Checkpoint(model, meta.get("arch", "custom"), classes, pre, meta.get("source", ""))
 
 
+def check_source(path: str | os.PathLike) -> None:
+    """Refuse, as :func:`load` would, a ``path`` that names no weights (a missing file, a folder without
+    ``model.safetensors``) without reading it; a published name passes (its download is checked when loaded)."""
+    if not is_published_name(path):
+        _existing(path)
+
+
 def _existing(path: str | os.PathLike) -> Path:
     """The weights file ``path`` names: itself, or a Hugging Face Hub-layout folder's ``model.safetensors``."""
     path = Path(path)

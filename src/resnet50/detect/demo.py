@@ -25,6 +25,7 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
                     train_scenes: int = TRAIN_SCENES, val_scenes: int = VAL_SCENES, samples: int = 6,
                     progress: bool = True, log=print) -> dict:
     from ..scenes import write_scenes
+    from ..weights import check_source
     from .checkpoint import load_detector
     from .coco import CocoDataset
     from .predict import detect_files, draw_detections
@@ -33,7 +34,9 @@ def run_detect_demo(out: str = "runs", init_weights: str | None = None, override
     name = (overrides or {}).get("name") or f"detect-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(out) / name
     train_dir, val_dir = root / "scenes-train", root / "scenes-val"
-    # the config first: a wrong option is refused before any scene is written
+    # the config and the weights' path first: a wrong option is refused before any scene is written
+    if init_weights:
+        check_source(init_weights)
     cfg = resolve("scenes", {**DETECT_DEMO_BUDGET, **(overrides or {}), "train": str(train_dir), "val": str(val_dir),
                              "out": str(root), "name": "run", "init_weights": init_weights or ""})
     output_dir(root)
