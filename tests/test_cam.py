@@ -305,3 +305,25 @@ def test_overlay_size(shape, size):
     img = Image.fromarray(np.full(shape + (3,), 90, np.uint8))
     pic = draw_overlay(img, torch.rand(shape), box=None, label="Bag")
     assert pic.size == size and pic.mode == "RGB"
+
+
+@pytest.mark.parametrize("fn", [cam, grad_cam])
+def test_cam_on_a_train_mode_model_runs_in_eval_and_gives_the_mode_back(fn):
+    """A model left in train mode (CAM pictures made during training): the maps are the eval-mode maps, no
+    batch-norm statistic moves, one image's map does not depend on its batch-mates, and each module keeps its mode
+    (a frozen part in eval stays in eval)."""
+    torch.manual_seed(0)
+    model = _randomise_bn(create_model("resnet18", num_classes=3))
+    img, other = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64) * 3
+    expected = fn(model, img)  # eval mode: the reference
+    model.train()
+    model.layer1.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    alone, pair = fn(model, img), fn(model, torch.cat([img, other]))
+    assert [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])] == []
+    assert model.training and model.layer4.training and not model.layer1.training
+    assert not any(m.training for m in model.layer1.modules())
+    torch.testing.assert_close(alone.heatmaps, expected.heatmaps)
+    torch.testing.assert_close(alone.logits, expected.logits)
+    torch.testing.assert_close(pair.heatmaps[0], expected.heatmaps[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pair.logits[0], expected.logits[0], atol=1e-5, rtol=1e-5)

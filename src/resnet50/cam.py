@@ -18,15 +18,18 @@
   which CAM needs on small inputs: at 128 px the plain map is 4 x 4.
 
 Computing and drawing are separate: ``cam`` / ``grad_cam`` return tensors; ``draw_overlay`` makes the picture.
-The model is used as it is: call ``model.eval()`` first (batch-norm statistics of a batch would mix the images).
+Both run the model in eval mode and give it back in the mode each of its modules was in (``_evaluating``): a model
+left in train mode would otherwise rewrite its batch-norm running statistics and make one image's map depend on
+its batch-mates (pytorch-grad-cam's BaseCAM calls ``model.eval()`` for the same reason).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +110,19 @@ def _linear_classifier(model: ResNet) -> nn.Linear:
     return model.fc
 
 
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Run the body with every module of ``model`` in eval mode, then give each module back the mode it had (a
+    caller may keep, say, a frozen backbone in eval inside a training model)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | None = None,
         threshold: float = THRESHOLD) -> CamResult:
@@ -118,9 +134,11 @@ def cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | No
     centre of its receptive field: ``_upsample``; the authors' code resizes with half-pixel centres, which puts
     the map half a cell off what it sees) and normalised to [0, 1] by its minimum and maximum (the authors' code);
     a constant map gives zeros. For a finer map pass ``dilated(model, 8)``: the same weights, 16 x 16 at 128 px.
+    The model runs in eval mode whatever mode it is in, and is given back in its own mode (``_evaluating``).
     Errors: ``UserError`` for a model without classifier or a bad target."""
     fc = _linear_classifier(model)
-    features = list(model.forward_pyramid(images).values())[-1]
+    with _evaluating(model):
+        features = list(model.forward_pyramid(images).values())[-1]
     logits = fc(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
     classes = _targets(target, logits)
     maps = class_activation_maps(features, fc.weight, classes)
@@ -136,15 +154,16 @@ def grad_cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor
     ``alpha_k`` is the mean over positions of the gradient of the class's logit (before softmax, as the paper)
     with respect to the stage's channel k; the map ``sum_k alpha_k A_k`` goes through a ReLU, is upsampled to
     H x W (bilinear) and divided by its maximum (all zeros when nothing is positive). Gradients flow only to the
-    stage's output: parameters' ``.grad`` are left untouched. Errors: ``UserError`` for an unknown stage, a
-    model without classifier or a bad target."""
+    stage's output: parameters' ``.grad`` are left untouched. The model runs in eval mode and is given back in its
+    own mode, as in ``cam``. Errors: ``UserError`` for an unknown stage, a model without classifier or a bad
+    target."""
     _linear_classifier(model)
     if stage not in model.stage_names:
         raise UserError(f"unknown stage {stage!r}; the model's stages are {', '.join(model.stage_names)}")
     captured: list[Tensor] = []
     handle = getattr(model, stage).register_forward_hook(lambda module, inputs, output: captured.append(output))
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _evaluating(model):
             logits = model(images)
             activations = captured[-1]
             classes = _targets(target, logits)
