@@ -1,8 +1,11 @@
 """resnet50.serve against a real uvicorn server on 127.0.0.1 (a free port), with a real HTTP client (httpx)."""
 
+import gzip
 import io
 import re
+import socket
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -163,3 +166,53 @@ def test_config_and_cli_errors(model, capsys):
     rc = main(["serve", "--weights", str(model[0]), "--backend", "gpu"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "unknown backend 'gpu'" in err
+
+
+@pytest.mark.parametrize("encode, coding", [(gzip.compress, "gzip"), (zlib.compress, "deflate"),
+                                            (lambda b: zlib.compress(b)[2:-4], "deflate"),  # raw deflate
+                                            (lambda b: zlib.compress(gzip.compress(b)), "gzip, deflate")],
+                         ids=["gzip", "deflate", "raw-deflate", "gzip-then-deflate"])
+def test_compressed_image_bodies_are_decoded(model, client, encode, coding):
+    image = encoded(seed=4)
+    plain = client.post("/predict", content=image)
+    r = client.post("/predict", content=encode(image), headers={"Content-Encoding": coding})
+    assert plain.status_code == 200 and r.status_code == 200, r.text
+    assert r.json()["predictions"] == plain.json()["predictions"]
+
+
+@pytest.mark.parametrize("body, coding, status, words", [
+    (b"abc", "br", 415, "Content-Encoding 'br' is not supported; send the body uncompressed, gzip or deflate"),
+    (b"not gzip at all", "gzip", 400, "the body is not gzip data although Content-Encoding says so"),
+    (gzip.compress(b"x" * 100_000)[:-12], "gzip", 400, "the gzip body is truncated"),
+    (gzip.compress(b"\0" * (2 * 1024 * 1024)), "gzip", 413, "decompressed (gzip) exceeds the 1048576-byte limit"),
+], ids=["unknown", "not-gzip", "truncated", "bomb"])
+def test_bad_content_encodings_are_named(client, body, coding, status, words):
+    assert len(body) < 1024 * 1024
+    r = client.post("/predict", content=body, headers={"Content-Encoding": coding})
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def _stalled_upload(url: str, declared: int = 10_000) -> socket.socket:
+    """A client that sends the headers and 100 of ``declared`` body bytes, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n".encode() + b"\0" * 100)
+    return s
+
+
+def test_stalled_uploads_hold_no_admission_slot_and_time_out(model):
+    cfg = ServeConfig(port=0, max_concurrency=1, body_timeout_s=1.5)
+    with BackgroundServer(model[1], EagerBackend(model[1].model), cfg) as s, \
+            httpx.Client(base_url=s.url, timeout=30) as c:
+        stalled = [_stalled_upload(s.url) for _ in range(3)]
+        time.sleep(0.3)
+        start = time.monotonic()
+        codes = [c.post("/predict", content=encoded()).status_code for _ in range(3)]
+        assert codes == [200, 200, 200] and time.monotonic() - start < 1.5  # not 503, not waiting for them
+        for sock in stalled:
+            answer = sock.recv(4096).decode()
+            sock.close()
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "did not arrive within 1.5 s (100 bytes received; --body-timeout-s)" in answer
+        assert metric(c.get("/metrics").text, 'resnet50_requests_total{status="408"}') == 3
+        assert metric(c.get("/metrics").text, "resnet50_requests_in_flight") == 0

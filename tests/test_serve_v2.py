@@ -232,3 +232,49 @@ def test_tritonclient_sees_the_error_message(client):
     inp.set_data_from_numpy(np.array([b"not an image"], dtype=object))
     with pytest.raises(InferenceServerException, match="not a readable image"):
         client.infer(NAME, [inp])
+
+
+def _strict_json(body: bytes):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(body, parse_constant=refuse)  # as a browser, Go or Java client parses it
+
+
+@pytest.mark.parametrize("value, words", [(np.nan, "holds 1 NaN and 0 Inf values (the first at [1, 2, 3, 4]"),
+                                          (-np.inf, "holds 0 NaN and 1 Inf values (the first at [1, 2, 3, 4]")])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_non_finite_fp32_input_is_a_400_naming_the_tensor(server, client, value, words, binary):
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    x[1, 2, 3, 4] = value
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    with pytest.raises(InferenceServerException, match=re.escape(f"input 'input' {words}")):
+        client.infer(NAME, [inp])
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        r = h.post(f"/v2/models/{NAME}/infer", content=head + x.tobytes(),
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and set(_strict_json(r.content)) == {"error"}
+
+
+def test_finite_input_with_non_finite_logits_is_refused_in_strict_json(loaded, server):
+    x = np.full((1, 3, 32, 32), 3e38, np.float32)  # finite, but the first convolution overflows float32
+    assert not np.isfinite(EagerBackend(loaded.model)(x)).all()
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        r = h.post(f"/v2/models/{NAME}/infer", content=json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": x.ravel().tolist()}],
+             "outputs": [{"name": "label"}]}))
+    assert r.status_code == 400
+    assert "logits for image(s) [0] are not finite (the input reaches |x| = 3e+38" in _strict_json(r.content)["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request_bodies_are_decoded(loaded, client, algorithm):
+    """tritonclient's request_compression_algorithm sends the body with Content-Encoding: gzip or deflate."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    r = client.infer(NAME, [inp], outputs=[triton.InferRequestedOutput("logits")],
+                     request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
+    np.testing.assert_allclose(r.as_numpy("logits"), EagerBackend(loaded.model)(x), rtol=1e-5, atol=1e-5)

@@ -9,28 +9,45 @@
                     /v2/health/ready, /v2/models/<name>[/versions/1], .../ready; POST .../infer with JSON tensors or
                     the binary tensor extension. Inputs, outputs and encodings: ``resnet50.serve_v2``.
 
-Flow of a request: the body is read with a byte limit (413 past ``max_body_mb``, checked on Content-Length first
-and again while streaming); the image header is read and an image of more than ``max_pixels`` refused (413, before
+Flow of a request: the body is read whole, before the request takes an admission slot, within ``body_timeout_s``
+(408 past it: a slow or stalled upload holds no slot that other clients need) and a byte limit (413 past
+``max_body_mb``, checked on Content-Length first, again while streaming and again after decompression); a body sent
+with ``Content-Encoding: gzip`` or ``deflate`` (tritonclient's ``request_compression_algorithm``) is decompressed,
+any other encoding is a 415 naming it. Past ``max_concurrency`` requests in flight the request is answered 503 at
+once. The image header is read and an image of more than ``max_pixels`` refused (413, before
 its pixels are decoded: decompression bombs); decoding and preprocessing run on a small thread pool; the tensor
 joins the batching queue. The inference thread takes the first waiting image, then whatever else arrives within
 ``max_wait_ms``, up to ``max_batch`` images, runs them as one batch and resolves each request's future. The event
-loop never runs decoding or inference. Past ``max_concurrency`` requests in flight, /predict answers 503 at once.
+loop never runs decoding or inference.
 Malformed input is a 4xx with a JSON body {"error": ...}: 400 not an image / truncated / empty / bad form, 413 too
 large, 415 a JSON, text or urlencoded body; a malformed v2 request is a 400 (404: no such model or version) with
 the protocol's body {"error": ...}. A v2 request of N images puts N images into the same batching queue as N
-/predict requests would. It binds to 127.0.0.1 unless told otherwise.
+/predict requests would.
+
+Who may call it: it binds to 127.0.0.1 unless told otherwise. Any other address needs a bearer token (``token``,
+from ``--token-file``: every route but ``/v2/health/*`` then wants ``Authorization: Bearer <token>``, compared in
+constant time, and answers 401 with a JSON error otherwise; a token in the query string is refused, as URLs end up
+in logs) or an explicit ``no_auth`` (TorchServe turned token authorisation on by default after CVE-2023-43654).
+``tls_cert`` / ``tls_key`` serve HTTPS (uvicorn's ``ssl_certfile`` / ``ssl_keyfile``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
+import ipaddress
+import json
 import queue
 import socket
+import ssl
 import threading
 import time
+import zlib
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -58,15 +75,62 @@ class ServeConfig:
     decode_threads: int = 2
     model_name: str = ""  # the v2 model name; default: the checkpoint's architecture
     max_request_images: int = 64  # images in one v2 request (each becomes a C x H x W float32 array in memory)
+    body_timeout_s: float = 30.0  # the whole body within this, or 408 (a stalled upload frees its connection)
+    token: str = field(default="", repr=False)  # bearer token; "" = no authentication
+    no_auth: bool = False  # serve a non-loopback address without a token, on purpose
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_concurrency", "max_pixels", "topk", "decode_threads", "max_request_images"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.max_body_mb <= 0:
-            raise UserError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+        if self.max_wait_ms < 0 or self.max_body_mb <= 0 or self.body_timeout_s <= 0:
+            raise UserError("--max-wait-ms must be >= 0, --max-body-mb and --body-timeout-s > 0")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port must be 0..65535, got {self.port}")
+        if self.token and self.no_auth:
+            raise UserError("--token-file and --no-auth contradict each other; pass one")
+        if not is_loopback(self.host) and not self.token and not self.no_auth:
+            raise UserError(f"--host {self.host} serves anyone who can reach the port: pass --token-file FILE "
+                            "(clients send 'Authorization: Bearer <token>') or, on a trusted network, --no-auth")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UserError("HTTPS needs both --tls-cert and --tls-key (the certificate and its private key)")
+        for name in ("tls_cert", "tls_key"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: no such file")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def settings(self) -> dict:
+        """The settings /health reports: all but the token."""
+        return {k: v for k, v in asdict(self).items() if k != "token"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_token(path: str) -> str:
+    """The bearer token in ``path`` (``--token-file``): its text without surrounding whitespace."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--token-file {path}: no such file; write a token into it, e.g. "
+                        "python -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt")
+    try:
+        token = p.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--token-file {path}: cannot read it as text ({e})") from None
+    if not token or any(c.isspace() for c in token) or not token.isprintable():
+        raise UserError(f"--token-file {path}: holds {'no token' if not token else 'spaces or control characters'}; "
+                        "write one printable token without spaces")
+    return token
 
 
 class HTTPError(Exception):
@@ -188,20 +252,62 @@ class Batcher:
 
 # --- the application --------------------------------------------------------------------------------------------
 
-async def _read_body(request, limit: int) -> bytes:
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def _read_body(request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, decoded by its Content-Encoding: 408 when it takes longer than ``timeout_s``, 413 past
+    ``limit`` bytes (sent or decompressed), 415 for an encoding other than identity, gzip and deflate."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise HTTPError(400, "invalid Content-Length header")
         if int(declared) > limit:
             raise HTTPError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit (--max-body-mb)")
+    codings = [c.strip().lower() for c in request.headers.get("content-encoding", "").split(",") if c.strip()]
+    for c in codings:
+        if c != "identity" and c not in CONTENT_ENCODINGS:
+            raise HTTPError(415, f"Content-Encoding {c!r} is not supported; send the body uncompressed, gzip or "
+                                 "deflate")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise HTTPError(413, f"body exceeds the {limit}-byte limit (--max-body-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPError(413, f"body exceeds the {limit}-byte limit (--max-body-mb)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPError(408, f"the request body did not arrive within {timeout_s:g} s ({total} bytes received; "
+                             "--body-timeout-s)") from None
+    except ClientDisconnect:
+        raise HTTPError(400, f"the client disconnected after {total} bytes of the body") from None
+    body = b"".join(chunks)
+    for c in reversed(codings):  # the last encoding applied is the first to undo
+        if c != "identity":
+            body = _decompress(body, c, limit)
+    return body
+
+
+def _decompress(body: bytes, coding: str, limit: int) -> bytes:
+    """``body`` decoded from ``coding`` (gzip; deflate: the zlib format, or raw deflate as some clients send it),
+    at most ``limit`` bytes out (a small compressed body can expand a thousandfold)."""
+    for wbits in (CONTENT_ENCODINGS[coding],) + ((-zlib.MAX_WBITS,) if coding == "deflate" else ()):
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            error = e
+            continue
+        if len(out) > limit:
+            raise HTTPError(413, f"the body decompressed ({coding}) exceeds the {limit}-byte limit (--max-body-mb)")
+        if not d.eof or d.unused_data:
+            raise HTTPError(400, f"the {coding} body is truncated or has bytes after its end "
+                                 f"(Content-Encoding: {coding})")
+        return out
+    raise HTTPError(400, f"the body is not {coding} data although Content-Encoding says so ({error})")
 
 
 async def _image_bytes(request, body: bytes, limit: int) -> bytes:
@@ -250,18 +356,24 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         except ImageDecodeError as e:
             raise HTTPError(400, f"not a readable image: {e.reason}") from None
 
-    async def counted(handle, request):
-        """Admission (at most --max-concurrency requests in flight, else 503 with Retry-After), one JSON error body
-        per failure (the protocol's {"error": ...} on both routes), and the request counted in /metrics."""
+    async def counted(handle, request, check=None):
+        """``check(request)`` (the route's own 404s), the body read whole (``_read_body``) before admission so a
+        slow upload holds no slot, admission (at most --max-concurrency requests in flight, else 503 with
+        Retry-After), one JSON error body per failure (the protocol's {"error": ...} on both routes), and the
+        request counted in /metrics."""
         start = time.perf_counter()
-        if metrics.in_flight >= cfg.max_concurrency:
-            metrics.request(503, time.perf_counter() - start)
-            return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
-                                status_code=503, headers={"Retry-After": "1"})
-        metrics.in_flight += 1
-        status = 500
+        status, admitted = 500, False
         try:
-            response = await handle(request)
+            if check is not None:
+                check(request)
+            body = await _read_body(request, body_limit, cfg.body_timeout_s)
+            if metrics.in_flight >= cfg.max_concurrency:
+                status = 503
+                return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
+                                    status_code=503, headers={"Retry-After": "1"})
+            metrics.in_flight += 1
+            admitted = True
+            response = await handle(request, body)
             status = response.status_code
             return response
         except (HTTPError, ProtocolError) as e:
@@ -270,11 +382,11 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         except Exception as e:  # a bug or a backend failure: still JSON, still counted
             return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
         finally:
-            metrics.in_flight -= 1
+            if admitted:
+                metrics.in_flight -= 1
             metrics.request(status, time.perf_counter() - start)
 
-    async def handle_predict(request):
-        body = await _read_body(request, body_limit)
+    async def handle_predict(request, body):
         data = await _image_bytes(request, body, body_limit)
         loop = asyncio.get_running_loop()
         x = await loop.run_in_executor(state["decode_pool"], prepare, data)
@@ -294,9 +406,7 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         if version is not None and version != "1":
             raise ProtocolError(404, f"model {name!r} has no version {version!r}; it has version 1")
 
-    async def handle_v2_infer(request):
-        v2_model(request)
-        body = await _read_body(request, body_limit)
+    async def handle_v2_infer(request, body):
         req = parse_request(body, request.headers.get("inference-header-content-length"), info,
                             cfg.max_request_images)
         if req.images is not None:
@@ -316,7 +426,7 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         return Response(content, headers=headers)
 
     async def v2_infer(request):
-        return await counted(handle_v2_infer, request)
+        return await counted(handle_v2_infer, request, check=v2_model)
 
     async def v2_server(request):
         return JSONResponse(server_metadata())
@@ -349,7 +459,7 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     async def health(request):
         return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes,
                              "backend": backend.name, "input": [loaded.in_chans, loaded.size, loaded.size],
-                             "settings": asdict(cfg)})
+                             "settings": cfg.settings()})
 
     async def metrics_endpoint(request):
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -372,13 +482,61 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
                             Route("/metrics", metrics_endpoint), *v2], lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.metrics = metrics
-    return app
+    return BearerAuth(app, cfg.token) if cfg.token else app
+
+
+# --- who may call -----------------------------------------------------------------------------------------------
+
+OPEN_PATHS = ("/v2/health/",)  # liveness and readiness probes need no credential (they reveal nothing)
+CREDENTIAL_PARAMS = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>`` (compared
+    with ``hmac.compare_digest``, constant time); otherwise 401 with ``{"error": ...}`` and ``WWW-Authenticate``.
+    A credential in the query string is refused even beside a right header: URLs are written to access logs."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    def refusal(self, scope) -> str | None:
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            return None
+        query = [k.lower() for k, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                                 keep_blank_values=True)]
+        if CREDENTIAL_PARAMS & set(query):
+            return ("a credential in the URL's query string is refused (URLs are logged); send the header "
+                    "'Authorization: Bearer <token>' instead")
+        given = dict(scope["headers"]).get(b"authorization")
+        if given is None:
+            return "authentication required: send the header 'Authorization: Bearer <token>' (--token-file)"
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
+            return "wrong credential: send the header 'Authorization: Bearer <token>' with the --token-file token"
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        message = self.refusal(scope)
+        if message is None:
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b'Bearer realm="resnet50"')]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _uvicorn_config(app, cfg: ServeConfig, log_level: str):
     uvicorn = require("uvicorn", "resnet50 serve")
-    return uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_keep_alive=5)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
+                            lifespan="on", timeout_keep_alive=5, ssl_certfile=cfg.tls_cert or None,
+                            ssl_keyfile=cfg.tls_key or None)
+    try:
+        config.load()  # the TLS files are read here: a wrong one is the user's mistake, not a traceback
+    except (ssl.SSLError, OSError) as e:
+        raise UserError(f"cannot use --tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {e}; give a PEM "
+                        "certificate and its unencrypted PEM private key") from None
+    return config
 
 
 def require_server() -> None:
@@ -407,7 +565,7 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((cfg.host, cfg.port))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://{cfg.host}:{self.port}"
+        self.url = f"{cfg.scheme}://{cfg.host}:{self.port}"
         self.app = create_app(loaded, backend, cfg)
         self.server = uvicorn.Server(_uvicorn_config(self.app, cfg, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)

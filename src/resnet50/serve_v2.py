@@ -25,6 +25,9 @@ Binary data: an input whose ``parameters`` carry ``binary_data_size`` takes its 
 (``Inference-Header-Content-Length``), in input order; outputs are returned binary when their ``binary_data``
 parameter, or the request's ``binary_data_output``, is true. Binary BYTES elements are a 4-byte little-endian
 length then the bytes. Every malformed request is a :class:`ProtocolError` (4xx) whose body is ``{"error": ...}``.
+An FP32 input holding NaN or Inf is malformed (400 naming the input and the first such element): JSON has no
+spelling for them, and a model fed them answers NaN; an answer that is not finite (huge but finite inputs) is
+refused the same way, so a response is always strict JSON.
 """
 
 from __future__ import annotations
@@ -223,10 +226,21 @@ def parse_request(body: bytes, header_length: str | None, model: ModelInfo, max_
             if array.size != elements:
                 raise _bad(f"input 'input': 'data' holds {array.size} values, the shape {shape} needs {elements}")
             array = array.reshape(shape)
+    if name == "input":
+        _check_finite(array, "input 'input'")
     outputs = _requested_outputs(doc, model)
     if name == "image":
         return InferRequest(rid, images=images, outputs=outputs)
     return InferRequest(rid, tensor=np.ascontiguousarray(array, dtype=np.float32), outputs=outputs)
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise _bad(f"{what} holds {n_nan} NaN and {n_inf} Inf values (the first at {list(first)}: "
+                   f"{array[first]}); send finite FP32 values (a zero std in the client's normalisation gives Inf)")
 
 
 def _requested_outputs(doc: dict, model: ModelInfo) -> list[Output]:
@@ -281,6 +295,13 @@ def _output_tensor(o: Output, logits: np.ndarray, model: ModelInfo) -> tuple[str
 def encode_response(req: InferRequest, logits: np.ndarray, model: ModelInfo) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON then the binary outputs (Inference-Header-Content-Length
     gives the JSON's length; Content-Type application/octet-stream, as Triton sends)."""
+    if not np.isfinite(logits).all():
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(logits))[:, 0]})
+        if req.tensor is None:
+            raise ProtocolError(500, f"the model's logits for image(s) {bad} are not finite")
+        peak = float(np.abs(req.tensor[bad]).max())
+        raise _bad(f"input 'input': the model's logits for image(s) {bad} are not finite (the input reaches "
+                   f"|x| = {peak:g}; preprocessed values are a few units around 0)")
     doc: dict = {"model_name": model.name, "model_version": VERSION, "outputs": []}
     if req.id is not None:
         doc["id"] = req.id
@@ -298,7 +319,7 @@ def encode_response(req: InferRequest, logits: np.ndarray, model: ModelInfo) -> 
         else:
             entry["data"] = values.ravel().tolist() if dtype == "FP32" else values
         doc["outputs"].append(entry)
-    header = json.dumps(doc).encode()
+    header = json.dumps(doc, allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return header + b"".join(blobs), {"content-type": "application/octet-stream",
