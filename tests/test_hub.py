@@ -292,6 +292,33 @@ def test_torch_hub_weights_by_name_and_torchvision_enum(registry, standin):
         torch.hub.load(str(ROOT), ARCH, source="local", weights="IMAGENET1K_V2")
 
 
+def test_torch_hub_accepts_the_tutorials_pretrained_spelling(registry, standin):
+    """pretrained=True / False (torchvision < 0.13, and the tutorials): the architecture's published default / random;
+    refused in one line where there is no published default; never a TypeError."""
+    with pytest.warns(UserWarning, match="old spelling of weights='DEFAULT': loading test:standin.v1"):
+        m = torch.hub.load(str(ROOT), ARCH, source="local", pretrained=True)
+    assert torch.equal(m.conv1.weight, standin[0]["conv1.weight"]) and m.pretrained_cfg["source"]
+    m = torch.hub.load(str(ROOT), ARCH, source="local", pretrained=True, num_classes=10)
+    assert m.fc.weight.shape == (10, 64) and torch.equal(m.conv1.weight, standin[0]["conv1.weight"])
+    m = torch.hub.load(str(ROOT), ARCH, source="local", pretrained=False, num_classes=7)
+    assert m.fc.weight.shape == (7, 64) and not torch.equal(m.conv1.weight, standin[0]["conv1.weight"])
+    with pytest.raises(UserError, match="no published weights for 'plain20_cifar'; pretrained=True works for") as e:
+        torch.hub.load(str(ROOT), "plain20_cifar", source="local", pretrained=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="pass weights= or pretrained=, not both"):
+        torch.hub.load(str(ROOT), ARCH, source="local", pretrained=True, weights="test:standin.v1")
+    with pytest.raises(UserError, match="pretrained is True or False, got 'test:standin.v1'"):
+        torch.hub.load(str(ROOT), ARCH, source="local", pretrained="test:standin.v1")
+
+
+def test_torch_hub_takes_torchvisions_weights_enum_text(monkeypatch, registry, standin):
+    monkeypatch.setitem(published.PUBLISHED, "tv:resnet20_cifar.v1", registry["good"])
+    m = torch.hub.load(str(ROOT), ARCH, source="local", weights="Resnet20_Cifar_Weights.IMAGENET1K_V1")
+    assert torch.equal(m.conv1.weight, standin[0]["conv1.weight"])
+    with pytest.raises(UserError, match="ResNet50_Weights.IMAGENET1K_V2 are weights for resnet50, not resnet20_cifar"):
+        torch.hub.load(str(ROOT), ARCH, source="local", weights="ResNet50_Weights.IMAGENET1K_V2")
+
+
 # --- Hugging Face ------------------------------------------------------------------------------------------------
 
 def test_our_checkpoints_pass_hugging_faces_loader_and_old_ones_still_load(tmp_path, rgb_checkpoint):
