@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
+import resnet50.engine as engine
 import resnet50.train as tr
 from resnet50 import weights
 from resnet50.optim import lr_at
 from resnet50.recipes import OptimSpec, resolve
-from resnet50.train import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget, train
+from resnet50.engine import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget
+from resnet50.train import train
 
 from .helpers import make_idx_dataset
 
@@ -28,7 +30,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def ticking(monkeypatch):
     ticks = itertools.count()
-    monkeypatch.setattr(tr, "clock", lambda: float(next(ticks)))  # start 0, calibration 1 and 2: 0.1 s a step
+    monkeypatch.setattr(engine, "clock", lambda: float(next(ticks)))  # start 0, calibration 1 and 2: 0.1 s a step
 
 
 def cfg(data, out, name, **kw):

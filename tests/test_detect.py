@@ -438,8 +438,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(shapes, tmp_path):
 def test_a_time_budget_fixes_the_steps_and_resumes_exactly(shapes, tmp_path, monkeypatch):
     import itertools
 
-    import resnet50.train as classification
-    from resnet50.detect.train import optim_spec
+    import resnet50.engine as classification
     from resnet50.optim import lr_at
 
     ticks = itertools.count()  # the budget's clock ticks 1 s a reading: start 0, calibration steps 3 and 13 at 1, 2
@@ -460,7 +459,7 @@ def test_a_time_budget_fixes_the_steps_and_resumes_exactly(shapes, tmp_path, mon
     ref = train(cfg("ref", budget_steps=22), **quiet)
     rows = [json.loads(line) for line in (Path(ref["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     o = cfg("x").optim
-    assert rows[-1]["lr"] == pytest.approx(lr_at(21, 4, optim_spec(o, 22 / 4), o.lr * 8 / 256))  # linear to 0 at 22
+    assert rows[-1]["lr"] == pytest.approx(lr_at(21, 4, dataclasses.replace(o, epochs=22 / 4), o.lr * 8 / 256))  # linear to 0 at 22
     a = load_detector(Path(done["run_dir"]) / "final.safetensors").model.state_dict()
     b = load_detector(Path(ref["run_dir"]) / "final.safetensors").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

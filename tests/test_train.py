@@ -37,16 +37,16 @@ def data(tmp_path_factory):
 
 def test_amp_auto_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
     import resnet50.cpu
-    import resnet50.train
+    import resnet50.engine
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for flags, want in (({"avx2", "avx512f"}, None), ({"avx512f", "avx512_bf16"}, torch.bfloat16),
                         ({"amx_bf16"}, torch.bfloat16), (set(), None)):
         monkeypatch.setattr(resnet50.cpu, "cpu_info", lambda f=flags: ("some cpu", frozenset(f)))
-        assert resnet50.train.autocast_dtype("auto", cpu) is want, flags
-        assert resnet50.train.autocast_dtype("auto", cuda) is torch.bfloat16
-        assert resnet50.train.autocast_dtype("off", cpu) is None
-        assert resnet50.train.autocast_dtype("bf16", cpu) is torch.bfloat16
+        assert resnet50.engine.autocast_dtype("auto", cpu) is want, flags
+        assert resnet50.engine.autocast_dtype("auto", cuda) is torch.bfloat16
+        assert resnet50.engine.autocast_dtype("off", cpu) is None
+        assert resnet50.engine.autocast_dtype("bf16", cpu) is torch.bfloat16
     assert resnet50.cpu.has_vnni() is False  # the last flags: none
 
 

@@ -133,6 +133,8 @@ class RunSpec:
 
 @dataclass
 class TrainConfig:
+    COMMAND: typing.ClassVar[str] = "resnet50 train"  # the command whose --help lists the fields
+
     recipe: str = "paper"
     description: str = ""
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -143,24 +145,47 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        validate(self)
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        sections = {}
-        for name, typ in SECTIONS.items():
-            sub = d.pop(name, {})
-            known = {f.name for f in dataclasses.fields(typ)}
-            unknown = set(sub) - known
-            if unknown:
-                raise UserError(f"unknown {name} config key(s) {sorted(unknown)}; known: {sorted(known)}")
-            sections[name] = typ(**{k: coerce_field(typ, k, v) for k, v in sub.items()})
-        unknown = set(d) - {"recipe", "description"}
-        if unknown:
-            raise UserError(f"unknown config key(s) {sorted(unknown)}")
-        return cls(**d, **sections)
+        return config_from_dict(cls, d)
 
 
 SECTIONS = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "run": RunSpec}
+TOP_FIELDS = ("recipe", "description")  # named, not overridable
+
+
+# --- one config machinery for every task's config (TrainConfig, detect.train.DetectTrainConfig) -------------------
+
+def sections(cfg_cls: type) -> dict[str, type]:
+    """A config class's sections: its dataclass-typed fields, name -> type."""
+    hints = typing.get_type_hints(cfg_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cfg_cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def config_from_dict(cls: type, d: dict):
+    """A config of class ``cls`` from its ``to_dict()``: each section from its keys (coerced to the fields' types;
+    a section type's own ``from_dict`` where it has one), the top-level fields as they are; unknown keys are
+    errors."""
+    d = dict(d)
+    built = {}
+    for name, typ in sections(cls).items():
+        sub = d.pop(name, {})
+        if hasattr(typ, "from_dict"):
+            built[name] = typ.from_dict(sub)
+            continue
+        known = {f.name for f in dataclasses.fields(typ)}
+        unknown = set(sub) - known
+        if unknown:
+            raise UserError(f"unknown {name} config key(s) {sorted(unknown)}; known: {sorted(known)}")
+        built[name] = typ(**{k: coerce_field(typ, k, v) for k, v in sub.items()})
+    top = {f.name for f in dataclasses.fields(cls)} - set(built)
+    unknown = set(d) - top
+    if unknown:
+        raise UserError(f"unknown config key(s) {sorted(unknown)}")
+    return cls(**{k: coerce_field(cls, k, v) if k not in TOP_FIELDS else v for k, v in d.items()}, **built)
 
 
 def _field_type(section: type, name: str):
@@ -191,10 +216,13 @@ def coerce_field(section: type, name: str, value):
         raise UserError(f"{name}={value!r} is not a valid {getattr(typ, '__name__', typ)}") from e
 
 
-def flat_fields() -> dict[str, tuple[str, type]]:
-    """Every overridable field: flag name -> (section, field name). Field names are unique across sections."""
-    out = {}
-    for sec, typ in SECTIONS.items():
+def flat_fields(cfg_cls: type | None = None) -> dict[str, tuple[str, str]]:
+    """Every overridable field of a config class (default TrainConfig): flag name -> (section, field name), section
+    "" for a top-level field. Field names are unique across sections."""
+    cfg_cls = cfg_cls or TrainConfig
+    out = {f.name: ("", f.name) for f in dataclasses.fields(cfg_cls) if f.name not in TOP_FIELDS}
+    for sec, typ in sections(cfg_cls).items():
+        del out[sec]
         for f in dataclasses.fields(typ):
             out[f.name] = (sec, f.name)
     return out
@@ -318,18 +346,26 @@ def resolve(recipe: str, overrides: dict[str, typing.Any] | None = None) -> Trai
     return apply_overrides(get_recipe(recipe), overrides)
 
 
-def apply_overrides(cfg: TrainConfig, overrides: dict[str, typing.Any] | None) -> TrainConfig:
-    """Set flat-named fields (``{"lr": "0.2"}``) on ``cfg``, converting strings to the fields' types; validate."""
-    fields = flat_fields()
+def apply_overrides(cfg, overrides: dict[str, typing.Any] | None):
+    """Set flat-named fields (``{"lr": "0.2"}``) on ``cfg`` (any task's config), converting strings to the fields'
+    types (a frozen section is replaced); then the config's own ``validate``."""
+    fields = flat_fields(type(cfg))
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in fields:
-            raise UserError(f"unknown config field {key!r}; see 'resnet50 train --help'")
+            raise UserError(f"unknown config field {key!r}; see '{cfg.COMMAND} --help'")
         sec, name = fields[key]
+        if not sec:
+            setattr(cfg, name, coerce_field(type(cfg), name, value))
+            continue
         section = getattr(cfg, sec)
-        setattr(section, name, coerce_field(type(section), name, value))
-    validate(cfg)
+        value = coerce_field(type(section), name, value)
+        if getattr(type(section), "__dataclass_params__").frozen:
+            setattr(cfg, sec, dataclasses.replace(section, **{name: value}))
+        else:
+            setattr(section, name, value)
+    cfg.validate()
     return cfg
 
 

@@ -4,7 +4,6 @@ and ``run(args) -> int`` (a thin call into one library module); this file only d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import importlib
 import json
@@ -14,7 +13,7 @@ import sys
 from .. import __version__
 from ..errors import UserError
 from ..model import VARIANTS
-from ..recipes import SECTIONS, flat_fields
+from ..recipes import TrainConfig, flat_fields
 
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -64,22 +63,24 @@ def model_options(args) -> dict:
                               ("in_chans", args.in_chans)) if v is not None}
 
 
-def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field (``--lr``, ``--batch-size``, ...), for every command that trains; fields in
-    ``skip`` are left to the command's own flags. Unset flags are None: the recipe's value stands."""
-    for sec, typ in SECTIONS.items():
-        g = p.add_argument_group(f"{sec} options")
-        for f in dataclasses.fields(typ):
-            if f.name in skip:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                           metavar=type(default).__name__.upper(), help=f"(recipe default; base {default!r})")
+def add_config_flags(p: argparse.ArgumentParser, cfg_cls: type = TrainConfig, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of a task's config (default TrainConfig: ``--lr``, ``--batch-size``, ...), for every
+    command that trains; fields in ``skip`` are left to the command's own flags. Unset flags are None: the
+    recipe's value stands."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    base = cfg_cls()
+    for name, (sec, field_name) in flat_fields(cfg_cls).items():
+        if name in skip:
+            continue
+        default = getattr(getattr(base, sec) if sec else base, field_name)
+        g = groups.setdefault(sec, p.add_argument_group(f"{sec or 'top-level'} options"))
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                       metavar=type(default).__name__.upper(), help=f"(recipe default; base {default!r})")
 
 
-def config_overrides(args, skip: tuple[str, ...] = ()) -> dict:
-    """The TrainConfig fields given on the command line, by field name."""
-    return {k: getattr(args, k) for k in flat_fields() if k not in skip and getattr(args, k, None) is not None}
+def config_overrides(args, cfg_cls: type = TrainConfig, skip: tuple[str, ...] = ()) -> dict:
+    """The config fields given on the command line, by field name."""
+    return {k: getattr(args, k) for k in flat_fields(cfg_cls) if k not in skip and getattr(args, k, None) is not None}
 
 
 def print_json(obj) -> None:

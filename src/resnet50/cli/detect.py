@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from . import print_json
+from ..detect.train import RECIPES, DetectTrainConfig, resolve, resume_config, train
+from ..engine import elastic_restart
+from . import add_config_flags, config_overrides, print_json
 
 
 def register(sub) -> None:
@@ -24,37 +24,30 @@ def _common(p) -> None:
 
 
 def _register_train(dsub) -> None:
-    from ..detect.train import RECIPES, SECTIONS
-
     p = dsub.add_parser("train", help="train a detector with a named recipe; every config field is a flag",
                         description="Train RetinaNet on a COCO folder (--train, --val). Recipes: coco (torchvision's "
                                     "RetinaNet schedule), scenes (the CPU demo). Every config field is a flag.")
     p.add_argument("--recipe", default="scenes", choices=list(RECIPES))
     p.add_argument("--resume", default=None, metavar="RUN", help="a detection run folder or last.pt to continue")
-    p.add_argument("--init-weights", dest="init_weights", default=None,
-                   help="classification weights for the backbone (ours, torchvision/timm ResNet)")
-    for sec, typ in SECTIONS.items():
-        g = p.add_argument_group(f"{sec} options")
-        for f in dataclasses.fields(typ):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
-                           help=f"(recipe default; base {default!r})")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to RUN/tensorboard (needs the extra resnet50[tensorboard])")
+    add_config_flags(p, DetectTrainConfig)
     _common(p)
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
-    from ..detect.train import DetectTrainConfig, apply_overrides, flat_fields, load_checkpoint, resolve, train
-
-    overrides = {k: getattr(args, k) for k in flat_fields() if getattr(args, k, None) is not None}
-    if args.resume:  # the checkpoint's config; options given now may change only what a resume allows (train checks)
-        cfg = apply_overrides(DetectTrainConfig.from_dict(load_checkpoint(args.resume)["config"]), overrides)
+    overrides = config_overrides(args, DetectTrainConfig)
+    # a worker that torchrun --max-restarts restarted continues its run's last checkpoint by itself
+    resume = args.resume or elastic_restart(resolve(args.recipe, overrides).run)
+    if resume:  # the checkpoint's config; options given now may change only what a resume allows
+        cfg, checkpoint = resume_config(resume, overrides)
     else:
-        cfg = resolve(args.recipe, overrides)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress,
-                   log=(lambda *a: None) if args.json else print)
+        cfg, checkpoint = resolve(args.recipe, overrides), None
+    result = train(cfg, resume=checkpoint, progress=not args.no_progress,
+                   log=(lambda *a: None) if args.json else print, tensorboard=args.tensorboard)
     if args.json:
-        print_json(result)
+        print_json({k: v for k, v in result.items() if k != "history"})
     else:
         best = f"best val mAP {result['best_map']:.3f}" if result["best_map"] >= 0 else "no validation data"
         print(f"done: {result['run_dir']}  {best}")

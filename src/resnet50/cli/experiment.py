@@ -30,7 +30,7 @@ def run(args) -> int:
     depths = [int(x) for x in args.depths.split(",") if x.strip()]
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps,
-                         progress=not args.no_progress, overrides=config_overrides(args, OWN),
+                         progress=not args.no_progress, overrides=config_overrides(args, skip=OWN),
                          tensorboard=args.tensorboard)
     if args.json:
         print_json(result)

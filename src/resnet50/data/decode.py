@@ -104,11 +104,13 @@ def decode_image(
     draft_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
     name: str | None = None,
+    exif_upright: bool = True,
 ) -> Image.Image:
     """Decode ``source`` (encoded bytes or a file path) to a loaded PIL image in mode RGB or L.
 
     ``draft_size``: the shorter side the caller will resize to; a JPEG is decoded at the smallest DCT scale whose
     shorter side is still at least this (never smaller). ``name`` is used in error messages for bytes sources.
+    ``exif_upright``: turn the image as its EXIF Orientation says (False: the pixels as stored).
     """
     if in_chans not in (1, 3):
         raise UserError(f"in_chans must be 1 (gray) or 3 (RGB), not {in_chans}")
@@ -124,7 +126,7 @@ def decode_image(
             if scale > 1:
                 img.draft(img.mode, (round(width / scale), round(height / scale)))
         img.load()
-        return to_mode(upright(img), in_chans)
+        return to_mode(upright(img) if exif_upright else img, in_chans)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:

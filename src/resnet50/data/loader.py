@@ -189,7 +189,7 @@ class Loader:
     """A DataLoader with skip reporting, epochs and a resumable position; see the module docstring."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, workers: int, pin_memory: bool,
-                 seed: int, drop_last: bool, distributed: bool, repeats: int = 1) -> None:
+                 seed: int, drop_last: bool, distributed: bool, repeats: int = 1, collate=collate) -> None:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, not {batch_size}")
         if workers < 0:
@@ -297,6 +297,7 @@ def build_loader(
     drop_last: bool | None = None,
     distributed: bool | None = None,
     repeats: int = 1,
+    collate=collate,
 ) -> Loader:
     """A :class:`Loader` over ``dataset``.
 
@@ -304,7 +305,9 @@ def build_loader(
     order. ``workers``: worker processes (persistent between epochs for map-style data). ``pin_memory``: pin
     batches, only when CUDA is available. ``drop_last``: by default True for training, False for evaluation.
     ``distributed``: by default whether torch.distributed is initialised; each rank then reads its own share.
-    ``repeats``: repeated augmentation (training only), see :class:`ResumableSampler`.
+    ``repeats``: repeated augmentation (training only), see :class:`ResumableSampler`. ``collate``: how a list of
+    samples (``Skipped`` records among them) becomes a batch with a ``skipped`` field; default :func:`collate`
+    (images, labels); detection passes its own (``resnet50.detect.coco.collate_detection``).
     """
     initialised = dist.is_available() and dist.is_initialized()
     if distributed is None:
@@ -314,4 +317,4 @@ def build_loader(
                         "init_process_group first")
     return Loader(dataset, batch_size, train=train, workers=workers, pin_memory=pin_memory and torch.cuda.is_available(),
                   seed=seed, drop_last=train if drop_last is None else drop_last, distributed=distributed,
-                  repeats=repeats)
+                  repeats=repeats, collate=collate)

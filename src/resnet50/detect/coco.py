@@ -30,13 +30,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import Dataset
 
-from ..data.decode import ImageDecodeError, Skipped, decode_image
+from ..data.decode import MAX_PIXELS, ImageDecodeError, Skipped, decode_image
 from ..errors import UserError
 
 JSON_NAMES = ("instances.json", "annotations.json")
@@ -125,11 +127,10 @@ class CocoDataset:
     is ``category_ids[i]``); ``images``: the usable images; ``stats``: what was skipped or repaired.
     ``ground_truth()`` is the checked annotation set as a COCO dict, the reference the evaluation measures against."""
 
-    def __init__(self, path: str | os.PathLike, in_chans: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, in_chans: int = 1, max_pixels: int = MAX_PIXELS) -> None:
         self.json_path = find_instances_json(path)
-        self.in_chans = in_chans
+        self.in_chans, self.max_pixels = in_chans, max_pixels
         self.stats = CocoStats()
-        self._cache: dict[int, np.ndarray] = {}
         self._load()
 
     def _load(self) -> None:
@@ -244,17 +245,26 @@ class CocoDataset:
     def ground_truth(self) -> dict:
         return self._gt
 
-    def pixels(self, index: int) -> np.ndarray:
-        """The image's pixels, uint8 (H, W) for 1 channel or (H, W, 3); decoded once, then kept in memory."""
-        if index not in self._cache:
-            img = decode_image(self.images[index].path, in_chans=self.in_chans)
-            arr = np.asarray(img)
-            im = self.images[index]
-            if arr.shape[:2] != (im.height, im.width):
-                raise ImageDecodeError(str(im.path), f"is {arr.shape[1]}x{arr.shape[0]} px, but the JSON says "
-                                                     f"{im.width}x{im.height}")
-            self._cache[index] = arr
-        return self._cache[index]
+    def pixels(self, index: int, draft_size: int | None = None) -> np.ndarray:
+        """The image's pixels, uint8 (H, W) for 1 channel or (H, W, 3), in the frame the JSON's width and height
+        describe: EXIF-upright, or as stored when the JSON gives the stored size of a turned photo (the
+        annotations then refer to the stored pixels). ``draft_size``: JPEGs may be decoded at a reduced DCT scale
+        whose shorter side is still at least this (the caller resizes by the JSON's size). Nothing is kept in
+        memory. Raises ImageDecodeError (the loader's skip) for a file that does not decode or whose size fits
+        neither frame."""
+        im = self.images[index]
+        img = decode_image(im.path, in_chans=self.in_chans, max_pixels=self.max_pixels, draft_size=draft_size)
+        w, h = img.size
+        if (w, h) != (im.width, im.height) and (h, w) == (im.width, im.height):
+            img = decode_image(im.path, in_chans=self.in_chans, max_pixels=self.max_pixels, draft_size=draft_size,
+                               exif_upright=False)
+            w, h = img.size
+        k = max(1, round(im.width / w))  # a draft decode is a whole DCT factor smaller on both sides
+        if (w, h) != (im.width, im.height) and (draft_size is None or abs(w - im.width / k) > 1
+                                                 or abs(h - im.height / k) > 1):
+            raise ImageDecodeError(str(im.path), f"is {w}x{h} px, but the JSON says {im.width}x{im.height}; fix "
+                                                 "the image entry's width and height")
+        return np.asarray(img)
 
 
 def _is_int(v) -> bool:
@@ -276,14 +286,16 @@ def _few(ids: list, n: int = 12) -> str:
 
 # --- letterboxing and batches -------------------------------------------------------------------------------------
 
-def letterbox(pixels: np.ndarray, size: int) -> tuple[Tensor, float]:
+def letterbox(pixels: np.ndarray, size: int, frame: tuple[int, int] | None = None) -> tuple[Tensor, float]:
     """Resize (bilinear) so the longer side is ``size`` and pad with zeros right and below to size x size.
-    Returns the (C, size, size) float tensor in 0..1 and the scale (input pixels per original pixel)."""
-    h, w = pixels.shape[:2]
+    ``frame``: the (height, width) the scale refers to (the JSON's, when the pixels were decoded at a reduced
+    scale); default the pixels' own. Returns the (C, size, size) float tensor in 0..1 and the scale (input pixels
+    per original pixel)."""
+    h, w = frame or pixels.shape[:2]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     img = Image.fromarray(pixels)
-    if (nh, nw) != (h, w):
+    if (nh, nw) != pixels.shape[:2]:
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
@@ -292,10 +304,54 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[Tensor, float]:
     return out, scale
 
 
+class Sample(NamedTuple):
+    """One letterboxed image: (C, S, S) in 0..1, its boxes (B, 4 xyxy, input pixels) and labels (B,), its COCO
+    id, scale (input pixels per original pixel) and unpadded (h, w) in input pixels."""
+
+    image: Tensor
+    boxes: Tensor
+    labels: Tensor
+    image_id: int
+    scale: float
+    valid_hw: tuple[float, float]
+
+
+def load_sample(ds: CocoDataset, index: int, size: int, flip: bool = False) -> Sample:
+    """Read and letterbox image ``index`` of ``ds`` (mirrored with its boxes when ``flip``); raises
+    ImageDecodeError for an unreadable file."""
+    im = ds.images[index]
+    scale = size / max(im.height, im.width)
+    pixels = ds.pixels(index, draft_size=max(1, round(min(im.height, im.width) * scale)))
+    x, scale = letterbox(pixels, size, frame=(im.height, im.width))
+    b = torch.from_numpy(im.boxes) * scale
+    vh, vw = im.height * scale, im.width * scale
+    if flip:
+        x[:, :round(vh), :round(vw)] = x[:, :round(vh), :round(vw)].flip(-1)
+        b = torch.stack([vw - b[:, 2], b[:, 1], vw - b[:, 0], b[:, 3]], dim=1)
+    return Sample(x, b, torch.from_numpy(im.labels), im.id, scale, (vh, vw))
+
+
+class DetectionSamples(Dataset):
+    """``ds``'s images as training samples for ``resnet50.data.Loader``: letterboxed to ``size`` and mirrored with
+    probability ``hflip``, drawn from torch's generator, which the loader seeds per (seed, epoch, index), so the
+    flips are the same with any number of workers and after a resume."""
+
+    def __init__(self, ds: CocoDataset, size: int, hflip: float = 0.0) -> None:
+        self.ds, self.size, self.hflip = ds, size, hflip
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Sample:
+        flip = bool(self.hflip) and bool(torch.rand(()) < self.hflip)
+        return load_sample(self.ds, index, self.size, flip)
+
+
 @dataclass
 class Batch:
-    """Images (N, C, S, S) in 0..1; ground truth padded to G boxes per image: boxes (N, G, 4 xyxy, input pixels),
-    labels (N, G), valid (N, G); per image its COCO id, scale and unpadded (h, w) in input pixels; skipped files."""
+    """Images (N, C, S, S) in 0..1; ground truth padded to G >= 1 boxes per image: boxes (N, G, 4 xyxy, input
+    pixels), labels (N, G), valid (N, G); per image its COCO id, scale and unpadded (h, w) in input pixels; skipped
+    files."""
 
     images: Tensor
     boxes: Tensor
@@ -307,36 +363,31 @@ class Batch:
     skipped: list[Skipped]
 
 
+def collate_detection(items: list[Sample | Skipped], in_chans: int | None = None, size: int | None = None) -> Batch:
+    """Stack samples into a :class:`Batch`, ground truth padded to the batch's most boxes (at least one slot, so
+    a batch of negatives, images without boxes, trains every anchor as background); ``Skipped`` records carried."""
+    good = [x for x in items if not isinstance(x, Skipped)]
+    skipped = [x for x in items if isinstance(x, Skipped)]
+    g = max([1] + [len(x.boxes) for x in good])
+    n = len(good)
+    pb, pl, pv = torch.zeros(n, g, 4), torch.zeros(n, g, dtype=torch.int64), torch.zeros(n, g, dtype=torch.bool)
+    for k, x in enumerate(good):
+        m = len(x.boxes)
+        pb[k, :m], pl[k, :m], pv[k, :m] = x.boxes, x.labels, True
+    images = torch.stack([x.image for x in good]) if good else torch.zeros(0, in_chans or 1, size or 1, size or 1)
+    return Batch(images, pb, pl, pv, [x.image_id for x in good], [x.scale for x in good],
+                 [x.valid_hw for x in good], skipped)
+
+
 def make_batch(ds: CocoDataset, indices: list[int], size: int, flips: list[bool] | None = None) -> Batch:
     """Read, letterbox and (where ``flips[i]``) mirror the images at ``indices``; undecodable files are skipped."""
-    images, boxes, labels, ids, scales, hws, skipped = [], [], [], [], [], [], []
+    items: list[Sample | Skipped] = []
     for j, i in enumerate(indices):
-        im = ds.images[i]
         try:
-            pixels = ds.pixels(i)
+            items.append(load_sample(ds, i, size, bool(flips is not None and flips[j])))
         except ImageDecodeError as e:
-            skipped.append(Skipped(str(im.path), e.reason))
-            continue
-        x, scale = letterbox(pixels, size)
-        b = torch.from_numpy(im.boxes) * scale
-        vh, vw = im.height * scale, im.width * scale
-        if flips is not None and flips[j]:
-            x[:, :round(vh), :round(vw)] = x[:, :round(vh), :round(vw)].flip(-1)
-            b = torch.stack([vw - b[:, 2], b[:, 1], vw - b[:, 0], b[:, 3]], dim=1)
-        images.append(x)
-        boxes.append(b)
-        labels.append(torch.from_numpy(im.labels))
-        ids.append(im.id)
-        scales.append(scale)
-        hws.append((vh, vw))
-    g = max((len(b) for b in boxes), default=0)
-    n = len(images)
-    pb, pl, pv = torch.zeros(n, g, 4), torch.zeros(n, g, dtype=torch.int64), torch.zeros(n, g, dtype=torch.bool)
-    for k, (b, lab) in enumerate(zip(boxes, labels)):
-        pb[k, :len(b)], pl[k, :len(b)], pv[k, :len(b)] = b, lab, True
-    c = ds.in_chans
-    return Batch(torch.stack(images) if images else torch.zeros(0, c, size, size), pb, pl, pv, ids, scales, hws,
-                 skipped)
+            items.append(Skipped(str(ds.images[i].path), e.reason))
+    return collate_detection(items, ds.in_chans, size)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------

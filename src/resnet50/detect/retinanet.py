@@ -35,13 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.stats import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from ..model import ARCHS, create_model
 from .fpn import BackboneWithFPN, freeze_batchnorm
 from .nms import batched_nms, box_iou, clip_boxes, generalized_box_iou
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # exp() of a regressed log-size is clamped here (torchvision's BoxCoder): no box grows past 1000/16 x its anchor
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
@@ -191,13 +190,10 @@ def match_anchors(iou: Tensor, valid: Tensor, fg_iou: float, bg_iou: float) -> T
         return torch.full((iou.shape[0], iou.shape[2]), BELOW, dtype=torch.int64, device=iou.device)
     iou = torch.where(valid[:, :, None], iou, torch.full_like(iou, -1.0))
     best_iou, best_box = iou.max(dim=1)  # (N, A)
-    matches = best_box.clone()
-    matches[best_iou < fg_iou] = BETWEEN
-    matches[best_iou < bg_iou] = BELOW
+    matches = best_box.masked_fill(best_iou < fg_iou, BETWEEN).masked_fill(best_iou < bg_iou, BELOW)
     best_per_box = iou.max(dim=2, keepdim=True).values  # (N, G, 1)
     low_quality = ((iou == best_per_box) & (best_per_box > 0) & valid[:, :, None]).any(dim=1)  # (N, A)
-    matches[low_quality] = best_box[low_quality]
-    return matches
+    return torch.where(low_quality, best_box, matches)  # elementwise throughout: no host sync
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -260,9 +256,8 @@ class ClassificationHead(nn.Module):
         ``logits`` (N, HWA, K), ``labels`` (N, G) class indices of the matched boxes, ``matches`` (N, HWA)."""
         logits = logits.float()
         fg = matches >= 0
-        target = torch.zeros_like(logits)
         cls = torch.gather(labels, 1, matches.clamp(min=0))
-        target[fg] = F.one_hot(cls[fg], self.num_classes).to(target.dtype)
+        target = F.one_hot(cls, self.num_classes).to(logits.dtype) * fg[..., None]  # masks, not indexing: no sync
         per_anchor = sigmoid_focal_loss(logits, target).sum(dim=2) * (matches != BETWEEN)
         return (per_anchor.sum(dim=1) / fg.sum(dim=1).clamp(min=1)).mean()
 
@@ -290,13 +285,18 @@ class RegressionHead(nn.Module):
         each image's foreground count, mean over images. ``boxes`` (N, G, 4) the padded ground truth."""
         deltas = deltas.float()
         fg = matches >= 0
-        img, anchor = fg.nonzero(as_tuple=True)
-        gt = boxes[img, matches[img, anchor]]
+        # every anchor's matched box (its own anchor where it has none, so the unused terms stay finite), the loss
+        # masked to the foreground: fixed shapes, no host sync
+        idx = matches.clamp(min=0)[..., None].expand(-1, -1, 4)
+        a = anchors[None].expand_as(deltas)
+        gt = torch.where(fg[..., None], torch.gather(boxes, 1, idx), a)
+        d, a, gt = deltas.reshape(-1, 4), a.reshape(-1, 4), gt.reshape(-1, 4)
         if self.loss_type == "l1":
-            per_fg = (deltas[img, anchor] - encode_boxes(gt, anchors[anchor])).abs().sum(dim=1)
+            per_anchor = (d - encode_boxes(gt, a)).abs().sum(dim=1)
         else:
-            per_fg = 1 - generalized_box_iou(decode_boxes(deltas[img, anchor], anchors[anchor]), gt)
-        per_image = torch.zeros(deltas.shape[0], device=deltas.device).index_add_(0, img, per_fg)
+            per_anchor = 1 - generalized_box_iou(decode_boxes(d, a), gt)
+        per_anchor = per_anchor.reshape(fg.shape)
+        per_image = torch.where(fg, per_anchor, torch.zeros_like(per_anchor)).sum(dim=1)
         return (per_image / fg.sum(dim=1).clamp(min=1)).mean()
 
     @staticmethod
@@ -348,6 +348,10 @@ class RetinaNet(nn.Module):
         """{"classification", "bbox_regression"} for a batch whose ground truth is padded to G boxes per image:
         ``boxes`` (N, G, 4 xyxy, input pixels), ``labels`` (N, G) int64 class indices, ``valid`` (N, G) bool."""
         cls_logits, deltas = outputs
+        if boxes.shape[1] == 0:  # a batch of negatives: one invalid slot, so every anchor is background
+            n = boxes.shape[0]
+            boxes, labels = boxes.new_zeros(n, 1, 4), labels.new_zeros(n, 1)
+            valid = torch.zeros(n, 1, dtype=torch.bool, device=valid.device)
         anchors, _ = self.anchors(*image_hw)
         with torch.no_grad():
             matches = match_anchors(box_iou(boxes.float(), anchors), valid, self.cfg.fg_iou, self.cfg.bg_iou)
