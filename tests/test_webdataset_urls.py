@@ -7,6 +7,7 @@ import io
 import socket
 import tarfile
 import threading
+import time
 from collections import Counter
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -189,3 +190,57 @@ def test_resume_mid_epoch_over_http(http, client):
     resumed.load_state_dict(first.state_dict())
     assert head + [images.tolist() for images, _, _ in resumed] == whole
     assert sorted(v for b in whole for v in b) == list(range(SHARDS * PER_SHARD))  # drop_last: 24 = 6 x 4
+
+
+@pytest.fixture
+def half_missing(shard_dir, tmp_path):
+    """A folder with shard 0 of shard_dir and its classes.txt, and no shard 1."""
+    (tmp_path / "shard-000000.tar").write_bytes((shard_dir / "shard-000000.tar").read_bytes())
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("source", ["local", "file", "pipe", "http"])
+def test_a_missing_shard_is_an_error_whatever_the_source(half_missing, source, monkeypatch, http, capsys):
+    """One rule for every source: the set is refused before anything is read, in one line naming the shard (a
+    local pattern always was; file://, pipe: and http used to read the other half and report one skip, rc 0)."""
+    monkeypatch.setattr(webdataset, "RETRY_DELAY_S", 0.0)
+    root = half_missing
+    spec = {"local": f"{root}/shard-{{000000..000001}}.tar", "file": f"file://{root}/shard-{{000000..000001}}.tar",
+            "pipe": f"pipe:cat {root}/shard-{{000000..000001}}.tar",
+            "http": f"{http.url}/shard-{{000000,000009}}.tar"}[source]  # the server holds shards 0..3, not 9
+    reason = {"local": "", "file": "(not found)", "pipe": "(the command exited with status 1: cat: ",
+              "http": "(not found (HTTP 404))"}[source]
+    with pytest.raises(UserError, match=r"^1 of 2 shards do not exist") as e:
+        WebDataset(spec, in_chans=1)
+    message = str(e.value)
+    assert "\n" not in message and "shard-00000" in message and reason in message and repr(spec) in message
+    if source == "http":
+        assert sum(http.gets.values()) == 0  # checked with HEAD requests: nothing downloaded
+
+
+def test_the_check_reads_only_a_pipe_commands_first_block_and_knows_a_tar(shard_dir, monkeypatch):
+    monkeypatch.setattr(webdataset, "RETRY_DELAY_S", 0.0)
+    with pytest.raises(UserError, match=r"the command's output is not a tar shard \(it starts with b'hello"):
+        webdataset.expand_urls("pipe:echo hello world")
+    with pytest.raises(UserError, match=r"the command wrote nothing"):
+        webdataset.expand_urls("pipe:true")
+    big = f"pipe:cat {shard_dir}/shard-000000.tar; sleep 30"  # the check stops the command after its first block
+    start = time.monotonic()
+    assert webdataset.expand_urls(big) == [big] and time.monotonic() - start < 10
+    gz = f"pipe:gzip -c {shard_dir}/shard-000001.tar"
+    ds = WebDataset(gz, in_chans=1, classes=["a", "b", "c"])
+    assert [value(img) for img, _ in ds] == list(range(PER_SHARD, 2 * PER_SHARD))
+
+
+def test_evaluate_refuses_a_missing_file_url_shard_in_one_line(half_missing, tmp_path, capsys):
+    from resnet50 import create_model
+    from resnet50.cli import main
+    from resnet50.weights import Preprocessing, save
+
+    save(tmp_path / "m.safetensors", create_model("resnet20_cifar", num_classes=3, in_chans=1), ["a", "b", "c"],
+         Preprocessing(4, 4, (0.5,), (0.25,)))
+    rc = main(["evaluate", "--weights", str(tmp_path / "m.safetensors"), "--data",
+               f"file://{half_missing}/shard-{{000000..000001}}.tar", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "shard-000001.tar (not found)" in err

@@ -14,6 +14,11 @@ Shards are named by a brace pattern (``shard-{000000..000009}.tar``, ``{a,b}``),
                         its Content-Length is a read error
     s3://, gs://, ...   any fsspec protocol whose package is installed (s3fs, gcsfs, ...); globs are expanded there
 
+Every shard named must exist, whatever its source: ``expand_urls`` checks each one before anything is read (a
+local file; an fsspec URL by the filesystem's ``exists``; http(s) by a HEAD request; a ``pipe:`` command by running
+it until its first tar block arrives) and refuses the set, in one line naming the first missing shard, when any is
+missing: a missing shard is never half of a test set read quietly. Shards a glob found exist by construction.
+
 A remote shard (any URL) that fails while being read is opened again, up to ``READ_RETRIES`` times, and its
 samples already given are skipped on the new pass (a shard's order is fixed), so a dropped connection neither loses
 nor repeats a sample; when every attempt fails the shard ends with one ``Skipped`` record naming the error and the
@@ -32,6 +37,7 @@ shards the scan downloads every shard once: pass ``classes`` or serve a classes.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import glob
 import importlib.util
 import json
@@ -42,6 +48,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import warnings
 import zlib
@@ -105,11 +112,13 @@ def _fsspec_filesystem(url: str):
         raise UserError(f"cannot read {scheme}:// shards: {str(e).splitlines()[0]}") from None
 
 
-def _expand_remote(spec: str) -> list[str]:
-    shards = []
+def _expand_remote(spec: str) -> tuple[list[str], list[str]]:
+    """The shards of a URL spec, and those of them that no glob found (their existence is still to be checked)."""
+    shards, named = [], []
     for name in expand_braces(spec):
         if name.startswith("pipe:") or name.split("://", 1)[0] in ("http", "https"):
             shards.append(name)
+            named.append(name)
             continue
         fs_class = _fsspec_filesystem(name)
         if any(c in name for c in "*?["):
@@ -121,17 +130,99 @@ def _expand_remote(spec: str) -> list[str]:
             shards.extend(found)
         else:
             shards.append(name)
-    return shards
+            named.append(name)
+    return shards, named
+
+
+PROBE_TIMEOUT_S = 60.0
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: tarfile's "r|*" reads them
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    if head.startswith(_COMPRESSED_MAGIC):
+        return True
+    try:
+        tarfile.TarInfo.frombuf(head[:512].ljust(512, b"\0"), tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def _probe_once(shard: str) -> str | None:
+    """Why ``shard`` (a URL or a ``pipe:`` command) cannot be read, or None when it exists."""
+    scheme = shard.split("://", 1)[0] if URL_RE.match(shard) else None
+    try:
+        if scheme in ("http", "https"):
+            request = urllib.request.Request(shard, method="HEAD")
+            try:
+                urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()  # noqa: S310 (http and https only)
+            except urllib.error.HTTPError as e:
+                if e.code in (404, 410):
+                    return f"not found (HTTP {e.code})"
+                if e.code not in (403, 405, 501):  # HEAD refused or not allowed: the GET will tell
+                    return f"HTTP {e.code} {e.reason}"
+            return None
+        if scheme is not None:
+            fs = _fsspec_filesystem(shard)(skip_instance_cache=True)
+            return None if fs.exists(shard) else "not found"
+        stream = ShardStream(shard)  # a pipe: command, run until its first tar block arrives
+        try:
+            head = b""
+            while len(head) < 512:
+                chunk = stream.read(512 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+            if not head:
+                error = stream.exit_error(PROBE_TIMEOUT_S)
+                return str(error) if error is not None else "the command wrote nothing"
+            if not _looks_like_tar(head):
+                return f"the command's output is not a tar shard (it starts with {head[:24]!r})"
+            return None
+        finally:
+            stream.close()
+    except UserError:
+        raise
+    except Exception as e:  # connection refused, DNS, a filesystem's own errors
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+
+
+def _probe(shard: str) -> str | None:
+    """``_probe_once`` with the read retries: "not found" is final, a transport failure is tried again."""
+    for attempt in range(READ_RETRIES + 1):
+        if attempt:
+            time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+        reason = _probe_once(shard)
+        if reason is None or "not found" in reason:
+            return reason
+    return reason
+
+
+def check_shards(shards: Sequence[str], spec: str, total: int | None = None) -> None:
+    """Refuse, in one line naming the first, a set of shards of which any is missing or cannot be opened
+    (``total``: the number of shards of ``spec``, when only some of them need checking)."""
+    local = [s for s in shards if not is_url(s)]
+    missing = [(s, "does not exist") for s in local if not Path(s).is_file()]
+    remote = [s for s in shards if is_url(s)]
+    if remote:
+        with concurrent.futures.ThreadPoolExecutor(min(16, len(remote))) as pool:
+            missing += [(s, r) for s, r in zip(remote, pool.map(_probe, remote)) if r is not None]
+    if missing:
+        shard, reason = missing[0]
+        raise UserError(f"{len(missing)} of {total or len(shards)} shards do not exist or cannot be read, e.g. {shard} "
+                        f"({reason}); check the pattern {spec!r}")
 
 
 def expand_urls(urls: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Shard paths or URLs from a pattern, glob, folder or list; every local one must exist (URLs are checked when
-    read)."""
+    """Shard paths or URLs from a pattern, glob, folder or list; every one must exist (``check_shards``: one rule
+    for local paths, URLs and ``pipe:`` commands)."""
     if not isinstance(urls, (str, os.PathLike)):
         return [s for u in urls for s in expand_urls(u)]
     spec = os.fspath(urls)
     if is_url(spec):
-        return _expand_remote(spec)
+        shards, named = _expand_remote(spec)
+        check_shards(named, spec, len(shards))
+        return shards
     if Path(spec).is_dir():
         shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
         if not shards:
@@ -150,6 +241,7 @@ def expand_urls(urls: str | os.PathLike | Sequence[str]) -> list[str]:
     if missing:
         raise UserError(f"{len(missing)} of {len(shards)} shards do not exist, e.g. {missing[0]}; check the pattern {spec!r}")
     return shards
+
 
 
 def _http_via_fsspec() -> bool:
@@ -402,7 +494,7 @@ class WebDataset(IterableDataset):
                             text = tar.extractfile(member).read().strip()
                             if text.isdigit():
                                 labels.append(int(text))
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # it exists (checked) but is broken
                 warnings.warn(f"{shard} is unreadable ({e}); its samples will be skipped", stacklevel=3)
                 continue
             finally:
