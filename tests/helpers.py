@@ -1,10 +1,14 @@
 """Tiny datasets the tests make for themselves."""
 
 import gzip
+import json
+import os
+import signal
 import struct
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -32,3 +36,52 @@ def make_idx_dataset(root: Path, n_train: int = 96, n_test: int = 40, classes: i
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.clip(images, 0, 255))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_coco(root: Path, images: list[dict], annotations: list[dict], categories=None, make_files=True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for im in images:
+        if make_files:
+            (root / im["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((im["height"], im["width"]), np.uint8)).save(root / im["file_name"])
+    cats = categories if categories is not None else [{"id": 1, "name": "square"}, {"id": 2, "name": "stripes"}]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                     "categories": cats}))
+    return root
+
+
+def shapes_dataset(root: Path, n: int, seed: int, size: int = 64) -> Path:
+    """Gray images with 1-2 rectangles each: class "square" filled, class "stripes" striped horizontally."""
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        canvas = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 3))):
+            w, h = (int(v) for v in rng.integers(12, 28, 2))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            cls = int(rng.integers(1, 3))
+            patch = np.full((h, w), 230, np.uint8)
+            if cls == 2:
+                patch[::4] = 40
+            canvas[y:y + h, x:x + w] = np.maximum(canvas[y:y + h, x:x + w], patch)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cls, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0})
+        Image.fromarray(canvas).save(root / "images" / f"{i:03d}.png")
+        images.append({"id": i, "file_name": f"images/{i:03d}.png", "width": size, "height": size})
+    return write_coco(root, images, anns, make_files=False)
+
+
+DETECT_TINY = dict(arch="resnet18", image_size=64, batch_size=8, eval_batch_size=16, epochs=2, amp="off",
+            channels_last=False, lr=0.01, warmup_epochs=0, schedule="cosine", grad_clip=10.0, threads=2)
+
+
+def kill_leftovers(tag: str) -> None:
+    """SIGKILL any process of this test still running (its command line names the test's own folder ``tag``):
+    torchrun's workers run in sessions of their own, so a failed job could otherwise leave them behind."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and tag.encode() in (d / "cmdline").read_bytes() and int(d.name) != os.getpid():
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue

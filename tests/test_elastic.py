@@ -14,7 +14,7 @@ import torch
 
 from resnet50 import weights
 
-from .helpers import make_idx_dataset
+from .helpers import kill_leftovers, make_idx_dataset
 from .test_train import TINY
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -36,17 +36,6 @@ def worker(agent: int, rank: int) -> int | None:
         except (OSError, ValueError, IndexError):
             continue
     return None
-
-
-def kill_leftovers(tag: str) -> None:
-    """SIGKILL any process of this test still running (its command line names the test's own folder ``tag``):
-    torchrun's workers run in sessions of their own, so a failed job could otherwise leave them behind."""
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and tag.encode() in (d / "cmdline").read_bytes() and int(d.name) != os.getpid():
-                os.kill(int(d.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
 
 
 def step_of(last: Path) -> int:

@@ -11,8 +11,7 @@ import torch
 
 from resnet50 import weights
 
-from .helpers import make_idx_dataset
-from .test_elastic import kill_leftovers
+from .helpers import kill_leftovers, make_idx_dataset
 from .test_train import TINY
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -207,7 +207,7 @@ def test_a_batch_left_with_one_image_is_dropped_and_counted(tmp_path):
 # --- 5: fine-tuning across channel counts ---------------------------------------------------------------------
 
 def test_init_weights_from_an_rgb_checkpoint_trains_on_gray_data(r18, tmp_path):
-    from resnet50.train import adapt_input_conv
+    from resnet50.weights import adapt_input_conv
 
     w = torch.randn(64, 3, 7, 7)
     assert torch.allclose(adapt_input_conv(w, 1), w.sum(1, keepdim=True))
@@ -225,7 +225,7 @@ def test_init_weights_from_an_rgb_checkpoint_trains_on_gray_data(r18, tmp_path):
 
 
 def test_init_weights_keeps_the_classifier_rows_of_classes_it_knows(tmp_path):
-    from resnet50.train import init_from
+    from resnet50.weights import init_from
 
     src = create_model("resnet18", num_classes=3)
     weights.save(tmp_path / "s.safetensors", src, ["red", "green", "blue"])

@@ -650,7 +650,7 @@ def evaluate_and_save(run: Run, epoch: int, row: dict, final: bool, progress: bo
         return
     row.update(val, val_s=time.perf_counter() - t_wall)
     key = run.task.best_key
-    if run.ddp.main and row[key] > run.state.best:
+    if run.ddp.main and row.get(key) is not None and row[key] > run.state.best:  # None: undefined (no boxes)
         run.state.best = row[key]
         run.save_weights("best.safetensors", f"{RESUME_COMMANDS[run.task.kind]} {run.cfg.recipe} epoch {epoch + 1}")
 

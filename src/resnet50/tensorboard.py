@@ -12,6 +12,8 @@ for evaluate. What, with step = the epoch (metrics.jsonl's ``epoch``) and values
     train/top1  train_top1        val/top1  val_top1          speed/img_s       img_s
                                   val/top5  val_top5          speed/data_share  data_share (time waiting for data)
 
+and for a detector ``train/cls_loss``, ``train/box_loss``, ``val/map``, ``val/map50``, ``val/map75``,
+
 and the image ``curves`` (the run's curves.png) each epoch. Evaluate writes ``eval/top1``, ``eval/top5``,
 ``eval/loss`` at step 0 and the image ``confusion_matrix`` (its confusion.png). A resumed run purges the events of
 the epochs it redoes (SummaryWriter's ``purge_step``), so each epoch is in the log once.
@@ -29,6 +31,9 @@ from .errors import require
 TRAIN_SCALARS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss",
                  "val_top1": "val/top1", "val_top5": "val/top5", "lr": "lr", "img_s": "speed/img_s",
                  "data_share": "speed/data_share"}
+# a detection run's rows: the two loss terms and pycocotools' figures (written only where a row has them)
+DETECT_SCALARS = {"train_cls_loss": "train/cls_loss", "train_box_loss": "train/box_loss", "val_map": "val/map",
+                  "val_map50": "val/map50", "val_map75": "val/map75"}
 EVAL_SCALARS = {"top1": "eval/top1", "top5": "eval/top5", "loss": "eval/loss"}
 
 
@@ -49,7 +54,7 @@ class Board:
     def epoch(self, row: dict, curves: Path | None = None) -> None:
         """One metrics.jsonl row: its scalars at step ``row["epoch"]``, and the curves image."""
         step = int(row["epoch"])
-        for key, tag in TRAIN_SCALARS.items():
+        for key, tag in {**TRAIN_SCALARS, **DETECT_SCALARS}.items():
             if row.get(key) is not None:
                 self.writer.add_scalar(tag, float(row[key]), step)
         if curves is not None and curves.is_file():

@@ -8,7 +8,6 @@ engine's), ``best.safetensors`` and ``final.safetensors`` (weights with metadata
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 
@@ -17,13 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import engine, weights
-from .data import Loader, Preprocessing, TransformConfig, build_dataset, build_loader, build_transform
+from .data import (
+    Loader,
+    Preprocessing,
+    TransformConfig,
+    build_dataset,
+    build_loader,
+    build_transform,
+)
 from .engine import Dist, Run, TrainingDiverged  # noqa: F401  (TrainingDiverged: the error a diverged run raises)
 from .errors import UserError
 from .evaluate import evaluate
 from .files import pyplot, save_figure
-from .labels import class_mapping
-from .model import ResNet
 from .optim import loss_fn, mix_batch, soft_targets
 from .recipes import TrainConfig, apply_overrides, run_name
 
@@ -39,44 +43,6 @@ def train_resolution(epoch: int, cfg: TrainConfig) -> int:
     frac = (epoch - dc.start_ramp) / max(1, dc.end_ramp - dc.start_ramp)
     step = 32 if dc.image_size >= 128 else 8
     return int(round((dc.min_res + frac * (dc.image_size - dc.min_res)) / step)) * step
-
-
-def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """A first-convolution kernel (out, c, k, k) for ``in_chans`` inputs, as timm's ``adapt_input_conv`` does:
-    RGB -> gray sums over the colour inputs (a gray image is R = G = B, so the response is unchanged); other
-    counts repeat the kernel over the new inputs and rescale by c / in_chans to keep the activation scale."""
-    c = weight.shape[1]
-    if c == in_chans:
-        return weight
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    reps = math.ceil(in_chans / c)
-    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
-
-
-def init_from(model: ResNet, path: str, classes: list[str], log) -> None:
-    """Fine-tuning: start ``model`` from the weights file ``path``. The first convolution is adapted to the
-    data's channels, and the classifier is kept where the file's class names cover the data's (rows taken by
-    name, :mod:`resnet50.labels`), else reset."""
-    src = weights.load(path)
-    sd = dict(src.model.state_dict())
-    if sd["conv1.weight"].shape[1] != model.cfg.in_chans:
-        log(f"--init-weights: conv1 adapted from {sd['conv1.weight'].shape[1]} to {model.cfg.in_chans} input "
-            "channel(s) (summed for gray, repeated and rescaled otherwise)")
-        sd["conv1.weight"] = adapt_input_conv(sd["conv1.weight"], model.cfg.in_chans)
-    fc = {k: sd.pop(k) for k in list(sd) if k.startswith("fc.")}
-    try:
-        rows = class_mapping(classes, src.classes, src.num_classes) if src.classes and fc else None
-    except UserError:
-        rows = None
-    if rows is not None:
-        sd.update({k: v[rows] for k, v in fc.items()})
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or any(not k.startswith("fc.") for k in missing):
-        raise UserError(f"--init-weights {path} does not fit {weights.arch_name(model.cfg) or 'the model'} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}); give weights of the same --arch")
-    if rows is None:
-        log(f"--init-weights: classifier reset to the data's {len(classes)} classes")
 
 
 @dataclasses.dataclass
@@ -190,7 +156,7 @@ class Classification:
         self.val_extra_s = 0.0
         self.model = cfg.model.create(num_classes=len(self.classes), in_chans=self.data.in_chans)
         if cfg.model.init_weights and checkpoint is None:
-            init_from(self.model, cfg.model.init_weights, self.classes, log)
+            weights.init_from(self.model, cfg.model.init_weights, self.classes, log)
 
     def describe(self, run: Run) -> str:
         data, m = self.data, self.cfg.model

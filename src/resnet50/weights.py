@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -40,6 +41,7 @@ from torch import Tensor
 from .data.transforms import Preprocessing
 from .errors import UserError
 from .files import atomic_path, output_file
+from .labels import class_mapping
 from .model import ResNet, ResNetConfig, arch_name, model_config
 from .published import fetch, is_published_name
 from .published import get as published_entry
@@ -535,3 +537,56 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str | None = N
         with atomic_path(dst) as tmp:
             torch.save(ckpt.model.state_dict(), tmp)
     return ckpt
+
+
+# --- starting a network from a classifier's weights ---------------------------------------------------------
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first-convolution kernel (out, c, k, k) for ``in_chans`` inputs, as timm's ``adapt_input_conv`` does:
+    RGB -> gray sums over the colour inputs (a gray image is R = G = B, so the response is unchanged); other
+    counts repeat the kernel over the new inputs and rescale by c / in_chans to keep the activation scale."""
+    c = weight.shape[1]
+    if c == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True)
+    reps = math.ceil(in_chans / c)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
+
+
+def init_from(model: ResNet, path: str, classes: list[str] | None = None, log=print) -> Checkpoint:
+    """Start ``model`` from a classifier's weights file ``path`` (any source :func:`load` reads: ours,
+    torchvision/timm, Keras, published names): the one "start from a classifier" of every task (fine-tuning, a
+    detector's backbone, which has no classifier). The first convolution is adapted to the model's channels (any
+    count, :func:`adapt_input_conv`); the classifier is kept where the file's class names cover ``classes`` (rows
+    taken by name, :mod:`resnet50.labels`), else reset. Returns the file's record. Raises UserError (one line)
+    when the file's network is not the model's architecture."""
+    src = load(path)
+    sd = dict(src.model.state_dict())
+    mine = model.state_dict()
+    wrong = [k for k, v in sd.items() if k in mine and not k.startswith(("fc.", "conv1.")) and v.shape != mine[k].shape]
+    if wrong:
+        raise UserError(f"the initial weights {path} hold a {src.arch} ({wrong[0]} is {list(sd[wrong[0]].shape)}, "
+                        f"the model's {list(mine[wrong[0]].shape)}); give weights of the same architecture as "
+                        f"{arch_name(model.cfg) or 'the model'}")
+    if sd["conv1.weight"].shape[1] != model.cfg.in_chans:
+        log(f"initial weights: conv1 adapted from {sd['conv1.weight'].shape[1]} to {model.cfg.in_chans} input "
+            "channel(s) (summed for gray, repeated and rescaled otherwise)")
+        sd["conv1.weight"] = adapt_input_conv(sd["conv1.weight"], model.cfg.in_chans)
+    fc = {k: sd.pop(k) for k in list(sd) if k.startswith("fc.")}
+    if not model.cfg.num_classes:  # a body without a classifier (a detector's backbone)
+        fc = {}
+    try:
+        rows = class_mapping(classes, src.classes, src.num_classes) if classes and src.classes and fc else None
+    except UserError:
+        rows = None
+    if rows is not None:
+        sd.update({k: v[rows] for k, v in fc.items()})
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise UserError(f"the initial weights {path} do not fit {arch_name(model.cfg) or 'the model'} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}); give weights of the same "
+                        "architecture")
+    if rows is None and model.cfg.num_classes:
+        log(f"initial weights: classifier reset to the data's {model.cfg.num_classes} classes")
+    return src

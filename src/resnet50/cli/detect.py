@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from ..data.decode import MAX_PIXELS
+from ..detect.checkpoint import load_detector
+from ..detect.demo import TRAIN_SCENES, VAL_SCENES, run_detect_demo
+from ..detect.evaluate import evaluate_weights
+from ..detect.predict import detect_files
 from ..detect.train import RECIPES, DetectTrainConfig, resolve, resume_config, train
 from ..engine import elastic_restart
+from ..predict import expand_inputs
 from . import add_config_flags, config_overrides, print_json
 
 
@@ -64,30 +70,43 @@ def _register_evaluate(dsub) -> None:
     p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 RetinaNet needs 0.0")
     p.add_argument("--class-agnostic", action="store_true",
                    help="also score the boxes with labels ignored (pycocotools' useCats=0)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse to measure when an image is missing or does not decode (default: measure on the "
+                        "rest and say what was lost)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images whose header claims more pixels (default {MAX_PIXELS:,})")
     _common(p)
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args) -> int:
-    from ..detect.evaluate import evaluate_weights
 
     r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
-                         class_agnostic=args.class_agnostic, image_size=args.image_size,
-                         score_thresh=args.score_thresh, bn_eps=args.bn_eps)
+                         class_agnostic=args.class_agnostic, strict=args.strict, max_pixels=args.max_pixels,
+                         image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
     if args.json:
         print_json(r)
         return 0
-    print(f"{r['images']} images of {r['data']}: mAP@[.5:.95] {r['map']:.3f}, mAP@.5 {r['map50']:.3f}, "
-          f"mAP@.75 {r['map75']:.3f} ({r['detections']} detections)")
-    if "class_agnostic" in r:
+    if r["map"] is None:
+        print(f"{r['images']} images of {r['data']}: mAP undefined: {r['undefined']} ({r['detections']} "
+              "detections)")
+    else:
+        print(f"{r['images']} images of {r['data']}: mAP@[.5:.95] {r['map']:.3f}, mAP@.5 {r['map50']:.3f}, "
+              f"mAP@.75 {r['map75']:.3f} ({r['detections']} detections)")
+    if r["lost_images"]:
+        print(f"measured on {r['images']} of {r['listed_images']} listed images: lost {r['lost_images']} "
+              f"({len(r['missing'])} missing, {len(r['skipped_files'])} unreadable), e.g. "
+              f"{(r['missing'] or [x['path'] for x in r['skipped_files']])[0]}; --strict refuses a partial set")
+    found = r["dataset"].get("found_by_name", 0)
+    if found:
+        print(f"found {found} image(s) by base name inside the folder, e.g. {r['dataset']['examples']['found_by_name']}")
+    if r.get("class_agnostic") and r["class_agnostic"]["map"] is not None:
         a = r["class_agnostic"]
         print(f"class-agnostic (labels ignored): mAP@[.5:.95] {a['map']:.3f}, mAP@.5 {a['map50']:.3f}, "
               f"mAP@.75 {a['map75']:.3f}")
     per = sorted((v, k) for k, v in r["per_class"].items() if v is not None)
     if per:
         print("per class AP: " + ", ".join(f"{k} {v:.3f}" for v, k in per))
-    if r["skipped_files"]:
-        print(f"skipped {len(r['skipped_files'])} unreadable file(s), e.g. {r['skipped_files'][0]['path']}")
     return 0
 
 
@@ -103,9 +122,6 @@ def _register_predict(dsub) -> None:
 
 
 def run_predict(args) -> int:
-    from ..detect.checkpoint import load_detector
-    from ..detect.predict import detect_files
-    from ..predict import expand_inputs
 
     ckpt = load_detector(args.weights)
     found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
@@ -122,7 +138,6 @@ def run_predict(args) -> int:
 
 
 def _register_demo(dsub) -> None:
-    from ..detect.demo import TRAIN_SCENES, VAL_SCENES
 
     p = dsub.add_parser("demo", help="fine-tune RetinaNet on multi scenes (CPU, at most 15 minutes), report mAP, "
                                      "draw its boxes")
@@ -144,7 +159,6 @@ def _register_demo(dsub) -> None:
 
 
 def run_demo(args) -> int:
-    from ..detect.demo import run_detect_demo
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
                                    ("time_budget", args.time_budget), ("amp", args.amp), ("threads", args.threads))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError
@@ -53,7 +55,6 @@ class DetectorCheckpoint:
 
 def save_detector(path: str | os.PathLike, model: RetinaNet, classes: list[str], source: str = "") -> None:
     """Write ``model`` as safetensors with the metadata that rebuilds it (atomically)."""
-    from safetensors.torch import save_file
 
     if len(classes) != model.cfg.num_classes:
         raise UserError(f"{len(classes)} class names given for a detector with {model.cfg.num_classes} classes")
@@ -111,7 +112,6 @@ def load_detector(path: str | os.PathLike, **overrides) -> DetectorCheckpoint:
 
 def _read(path: Path) -> tuple[dict, dict[str, Tensor]]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:

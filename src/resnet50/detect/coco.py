@@ -16,7 +16,11 @@ What is checked, and what happens (a bad entry is named with its file and its id
 - a box of zero or negative width or height, or one wholly outside its image: skipped and counted;
 - a box partly outside its image: clipped to the image and counted;
 - crowd annotations (``iscrowd`` 1): not trained on, counted (pycocotools ignores detections on them);
-- an image file that does not exist: the image is skipped with its boxes, and counted; if none is left, an error;
+- a ``file_name`` written with backslashes (Windows exports) is read with them as folder separators; one that names
+  a path of the exporting machine (Label Studio's ``/data/upload/1/x.png``) is found by its base name inside the
+  folder when exactly one file there has it (counted as ``found_by_name``, each named in the stats);
+- an image file that does not exist: the image is skipped with its boxes, counted and named (``missing``); if
+  none is left, an error; ``detect evaluate`` says how many it lost, and ``--strict`` refuses;
 - an image with no boxes: kept (a negative example: every anchor background) and counted;
 - an image file that does not decode: skipped when it is read, counted in the epoch's report.
 """
@@ -75,6 +79,7 @@ class CocoStats:
     outside_boxes: int = 0
     clipped_boxes: int = 0
     crowd_boxes: int = 0
+    found_by_name: int = 0  # file_names resolved by their base name inside the folder (exported paths)
     examples: dict[str, str] = field(default_factory=dict)
 
     def note(self, kind: str, example: str) -> None:
@@ -86,7 +91,7 @@ class CocoStats:
 
     def summary(self) -> str:
         parts = [f"{self.images} images, {self.boxes} boxes"]
-        for kind in ("missing_images", "images_without_boxes", "zero_area_boxes", "outside_boxes", "clipped_boxes",
+        for kind in ("missing_images", "found_by_name", "images_without_boxes", "zero_area_boxes", "outside_boxes", "clipped_boxes",
                      "crowd_boxes"):
             n = getattr(self, kind)
             if n:
@@ -113,13 +118,41 @@ def find_instances_json(path: str | os.PathLike) -> Path:
                     "give the instances JSON itself")
 
 
-def _image_path(json_path: Path, file_name: str) -> Path:
+def _roots(json_path: Path) -> list[Path]:
     base = json_path.parent
-    roots = [base, base / "images"] + ([base.parent] if base.name == "annotations" else [])
-    for root in roots:
-        if (root / file_name).is_file():
-            return root / file_name
-    return base / file_name
+    return [base, base / "images"] + ([base.parent] if base.name == "annotations" else [])
+
+
+def _image_path(json_path: Path, file_name: str) -> Path:
+    """Where ``file_name`` is, as written (backslashes read as folder separators), under the JSON's folder, its
+    ``images/``, or an ``annotations/`` folder's parent; else the first of those (which does not exist)."""
+    name = file_name.replace("\\", "/")
+    for root in _roots(json_path):
+        if (root / name).is_file():
+            return root / name
+    return json_path.parent / name
+
+
+class _ByName:
+    """The image files under a dataset's folders by base name, listed once, on first use: how a ``file_name`` that
+    names a path of the exporting machine (Label Studio's ``/data/upload/1/x.png``, ``..\\media\\upload\\4\\x.png``)
+    is found inside the folder when exactly one file there has its base name."""
+
+    def __init__(self, json_path: Path) -> None:
+        self.json_path, self._index = json_path, None
+
+    def find(self, file_name: str) -> tuple[Path | None, int]:
+        """(the one file with this base name, or None; how many files have it)."""
+        if self._index is None:
+            self._index = {}
+            seen = set()
+            for root in _roots(self.json_path):
+                for path in root.rglob("*") if root.is_dir() else ():
+                    if path.is_file() and path.resolve() not in seen:
+                        seen.add(path.resolve())
+                        self._index.setdefault(path.name, []).append(path)
+        found = self._index.get(file_name.replace("\\", "/").rsplit("/", 1)[-1], [])
+        return (found[0] if len(found) == 1 else None), len(found)
 
 
 class CocoDataset:
@@ -131,9 +164,26 @@ class CocoDataset:
         self.json_path = find_instances_json(path)
         self.in_chans, self.max_pixels = in_chans, max_pixels
         self.stats = CocoStats()
+        self.missing: list[str] = []  # the file_names of dropped images, with why
         self._load()
 
     def _load(self) -> None:
+        raw = self._read_json()
+        self._categories(raw["categories"])
+        entries = self._image_entries(raw["images"])
+        boxes, labels, gt_anns = self._annotations(raw["annotations"], entries)
+        self._kept_images(entries, boxes, labels)
+        kept = {im.id for im in self.images}
+        self._gt = {
+            "images": [{"id": i, "width": entries[i]["width"], "height": entries[i]["height"],
+                        "file_name": entries[i]["file_name"]} for i in entries if i in kept],
+            "annotations": [dict(a, id=n + 1) for n, a in enumerate(x for x in gt_anns if x["image_id"] in kept)],
+            "categories": [{"id": cid, "name": name} for cid, name in zip(self.category_ids, self.classes)],
+        }
+        self.stats.images = len(self.images)
+        self.stats.boxes = sum(len(im.boxes) for im in self.images)
+
+    def _read_json(self) -> dict:
         f = self.json_path
         try:
             raw = json.loads(f.read_text(encoding="utf-8"))
@@ -148,10 +198,12 @@ class CocoDataset:
             missing = [k for k in need if not isinstance(raw, dict) or not isinstance(raw.get(k), list)]
             raise UserError(f"{f} is not a COCO instances JSON: it needs 'images', 'annotations' and 'categories' "
                             f"lists (no {', '.join(repr(k) for k in missing)})")
-        anns = raw["annotations"]
+        return raw
 
+    def _categories(self, categories: list) -> None:
+        f = self.json_path
         self.category_ids, self.classes = [], []
-        for k, c in enumerate(raw["categories"]):
+        for k, c in enumerate(categories):
             if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
                 raise UserError(f"{f}: categories[{k}] needs an integer 'id' and a 'name', got {_short(c)}")
             if c["id"] in self.category_ids:
@@ -160,10 +212,11 @@ class CocoDataset:
             self.classes.append(c["name"])
         if not self.classes:
             raise UserError(f"{f}: 'categories' is empty; a detector needs at least one class")
-        cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
 
+    def _image_entries(self, images: list) -> dict[int, dict]:
+        f = self.json_path
         entries: dict[int, dict] = {}
-        for k, im in enumerate(raw["images"]):
+        for k, im in enumerate(images):
             ok = isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str) and \
                 _is_int(im.get("width")) and _is_int(im.get("height")) and im["width"] > 0 and im["height"] > 0
             if not ok:
@@ -172,7 +225,12 @@ class CocoDataset:
             if im["id"] in entries:
                 raise UserError(f"{f}: image id {im['id']} appears twice (images[{k}])")
             entries[im["id"]] = im
+        return entries
 
+    def _annotations(self, anns: list, entries: dict[int, dict]) -> tuple[dict, dict, list]:
+        """Per image its usable boxes (clipped, xyxy) and class indices, and the ground truth for pycocotools."""
+        f = self.json_path
+        cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
         boxes: dict[int, list] = {i: [] for i in entries}
         labels: dict[int, list] = {i: [] for i in entries}
         gt_anns = []
@@ -213,13 +271,25 @@ class CocoDataset:
             area = float(a["area"]) if _is_number(a.get("area")) and not clipped else (x2 - x1) * (y2 - y1)
             gt_anns.append({"image_id": im["id"], "category_id": a["category_id"], "iscrowd": int(crowd),
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area})
+        return boxes, labels, gt_anns
 
+    def _kept_images(self, entries: dict[int, dict], boxes: dict, labels: dict) -> None:
+        """The images whose files exist (as written, or found by base name inside the folder when exactly one file
+        has it); the others are dropped, counted and named."""
+        f = self.json_path
+        by_name = _ByName(f)
         self.images: list[CocoImage] = []
         for image_id, im in entries.items():
             path = _image_path(f, im["file_name"])
             if not path.is_file():
-                self.stats.note("missing_images", f"image {image_id}: {path}")
-                continue
+                found, count = by_name.find(im["file_name"])
+                if found is None:
+                    why = f"{count} files named so in the folder" if count else "not in the folder"
+                    self.stats.note("missing_images", f"image {image_id}: {im['file_name']} ({why})")
+                    self.missing.append(f"{im['file_name']} ({why})")
+                    continue
+                self.stats.note("found_by_name", f"image {image_id}: {im['file_name']} -> {found}")
+                path = found
             if not boxes[image_id]:
                 self.stats.note("images_without_boxes", f"image {image_id} ({im['file_name']})")
             self.images.append(CocoImage(image_id, path, im["width"], im["height"],
@@ -227,17 +297,7 @@ class CocoDataset:
                                          np.asarray(labels[image_id], np.int64)))
         if not self.images:
             raise UserError(f"{f}: none of its {len(entries)} image files exist (e.g. "
-                            f"{_image_path(f, next(iter(entries.values()))['file_name']) if entries else 'none listed'}"
-                            "); check the folder")
-        kept = {im.id for im in self.images}
-        self._gt = {
-            "images": [{"id": i, "width": entries[i]["width"], "height": entries[i]["height"],
-                        "file_name": entries[i]["file_name"]} for i in entries if i in kept],
-            "annotations": [dict(a, id=n + 1) for n, a in enumerate(x for x in gt_anns if x["image_id"] in kept)],
-            "categories": [{"id": cid, "name": name} for cid, name in zip(self.category_ids, self.classes)],
-        }
-        self.stats.images = len(self.images)
-        self.stats.boxes = sum(len(im.boxes) for im in self.images)
+                            f"{self.missing[0] if self.missing else 'none listed'}); check the folder")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -420,11 +480,15 @@ def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | 
         gt.createIndex()
         cats = [c["id"] for c in ground_truth["categories"]]
         names = classes or [c["name"] for c in ground_truth["categories"]]
+        keys = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "ar100")
+        if not any(not a.get("iscrowd") for a in ground_truth["annotations"]):
+            # no ground-truth box: precision and recall are undefined (pycocotools reports -1), not 0
+            return {**dict.fromkeys(keys), "per_class": dict.fromkeys(names) if use_cats else {},
+                    "images": len(ground_truth["images"]), "detections": len(results),
+                    "undefined": "no ground-truth boxes: AP is undefined (pycocotools' -1)"}
         if not results:  # pycocotools cannot load an empty result list: nothing detected is AP 0 everywhere
-            return {"map": 0.0, "map50": 0.0, "map75": 0.0, "map_small": 0.0, "map_medium": 0.0, "map_large": 0.0,
-                    "ar100": 0.0, "per_class": {n: 0.0 for n in names} if use_cats else {},
-                    "images": len(ground_truth["images"]),
-                    "detections": 0}
+            return {**dict.fromkeys(keys, 0.0), "per_class": {n: 0.0 for n in names} if use_cats else {},
+                    "images": len(ground_truth["images"]), "detections": 0}
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.useCats = int(use_cats)

@@ -12,6 +12,12 @@ from PIL import Image
 
 from ..errors import UserError
 from ..files import output_dir, write_json
+from ..scenes import write_scenes
+from ..weights import check_source
+from .checkpoint import load_detector
+from .coco import CocoDataset
+from .predict import detect_files, draw_detections
+from .train import resolve, train
 
 TRAIN_SCENES = 5000  # drawn from the embedded train split
 VAL_SCENES = 500  # drawn from the embedded val split, never trained on
@@ -24,12 +30,6 @@ DETECT_DEMO_BUDGET = {"time_budget": 12.5, "epochs": 8}
 def run_detect_demo(out: str = "runs", init_weights: str | None = None, overrides: dict | None = None,
                     train_scenes: int = TRAIN_SCENES, val_scenes: int = VAL_SCENES, samples: int = 6,
                     progress: bool = True, log=print) -> dict:
-    from ..scenes import write_scenes
-    from ..weights import check_source
-    from .checkpoint import load_detector
-    from .coco import CocoDataset
-    from .predict import detect_files, draw_detections
-    from .train import resolve, train
 
     name = (overrides or {}).get("name") or f"detect-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(out) / name

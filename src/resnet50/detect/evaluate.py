@@ -13,7 +13,9 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from ..data.decode import MAX_PIXELS
 from ..errors import UserError
+from .checkpoint import load_detector
 from .coco import CocoDataset, coco_evaluate, make_batch
 from .retinanet import RetinaNet, postprocess
 
@@ -59,6 +61,9 @@ def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=tor
                 results.append({"image_id": image_id, "category_id": cid, "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "score": score})
     gt = ds.ground_truth()
+    if skipped and not ids:
+        raise UserError(f"none of the {len(ds)} images of {ds.json_path} could be read (e.g. {skipped[0].path}: "
+                        f"{skipped[0].reason})")
     if skipped:  # an image that did not decode has no detections: measure on the images that did
         done = set(ids)
         gt = dict(gt, images=[im for im in gt["images"] if im["id"] in done],
@@ -84,13 +89,23 @@ def category_map(model_classes: list[str], ds: CocoDataset) -> list[int | None]:
 
 
 def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str = "cpu", progress: bool = True,
-                     class_agnostic: bool = False, **overrides) -> dict:
-    """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``."""
-    from .checkpoint import load_detector
-
+                     class_agnostic: bool = False, strict: bool = False, max_pixels: int = MAX_PIXELS,
+                     **overrides) -> dict:
+    """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``. The result
+    says what the measure lost: ``lost_images`` (image entries whose files are missing, and files that did not
+    decode) with examples in ``missing`` and ``skipped_files``; ``strict`` refuses (UserError) any loss instead."""
     ckpt = load_detector(weights, **overrides)
-    ds = CocoDataset(data, in_chans=ckpt.config.in_chans)
+    ds = CocoDataset(data, in_chans=ckpt.config.in_chans, max_pixels=max_pixels)
+    if strict and ds.missing:
+        raise UserError(f"{ds.json_path}: {len(ds.missing)} image file(s) missing, e.g. {ds.missing[0]}; fix the "
+                        "file_names or drop --strict to measure on the rest")
     dev = torch.device(device)
     metrics = evaluate(ckpt.model.to(dev), ds, batch_size, dev, progress=progress, classes=ckpt.classes,
                        class_agnostic=class_agnostic)
-    return {"weights": str(weights), "data": str(ds.json_path), "dataset": ds.stats.to_dict(), **metrics}
+    if strict and metrics["skipped_files"]:
+        s = metrics["skipped_files"][0]
+        raise UserError(f"{len(metrics['skipped_files'])} image(s) of {ds.json_path} could not be read, e.g. "
+                        f"{s['path']}: {s['reason']}; fix them or drop --strict to measure on the rest")
+    lost = len(ds.missing) + len(metrics["skipped_files"])
+    return {"weights": str(weights), "data": str(ds.json_path), "dataset": ds.stats.to_dict(),
+            "listed_images": len(ds) + len(ds.missing), "lost_images": lost, "missing": ds.missing, **metrics}

@@ -259,7 +259,8 @@ class Detection:
         plot_curves(path, history)
 
     def summary(self, row: dict) -> str:
-        val_txt = f", val mAP {row['val_map']:.3f} (AP50 {row['val_map50']:.3f})" if "val_map" in row else ""
+        val_txt = "" if "val_map" not in row else ", val mAP undefined (no ground-truth boxes)" \
+            if row["val_map"] is None else f", val mAP {row['val_map']:.3f} (AP50 {row['val_map50']:.3f})"
         return (f"loss {row['train_loss']:.4f} (cls {row['train_cls_loss']:.4f}, box {row['train_box_loss']:.4f})"
                 f"{val_txt}, {row['img_s']:.1f} img/s")
 
