@@ -10,9 +10,9 @@ import torch
 import resnet50.engine as engine
 import resnet50.train as tr
 from resnet50 import weights
+from resnet50.engine import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget
 from resnet50.optim import lr_at
 from resnet50.recipes import OptimSpec, resolve
-from resnet50.engine import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget
 from resnet50.train import train
 
 from .helpers import make_idx_dataset

@@ -9,7 +9,14 @@ import torch
 from resnet50 import create_model
 from resnet50.cli import main
 from resnet50.errors import UserError
-from resnet50.export import CHECK_BATCH, FORMATS, TOLERANCE, TRACE_BATCH, export, load_exported
+from resnet50.export import (
+    CHECK_BATCH,
+    FORMATS,
+    TOLERANCE,
+    TRACE_BATCH,
+    export,
+    load_exported,
+)
 from resnet50.infer import load_model
 from resnet50.weights import Preprocessing, save
 

@@ -11,8 +11,19 @@ from resnet50 import create_model
 from resnet50.cli import main
 from resnet50.cpu import has_native_bf16
 from resnet50.errors import UserError
-from resnet50.infer import (AUTO_ORDER, BACKENDS, BF16_BACKENDS, EagerBackend, available_backends, create_backend, load_model, onnx_file,
-                            physical_cores, resolve_backend, topk)
+from resnet50.infer import (
+    AUTO_ORDER,
+    BACKENDS,
+    BF16_BACKENDS,
+    EagerBackend,
+    available_backends,
+    create_backend,
+    load_model,
+    onnx_file,
+    physical_cores,
+    resolve_backend,
+    topk,
+)
 from resnet50.weights import Preprocessing, save
 
 

@@ -15,7 +15,12 @@ from PIL import Image
 from resnet50 import create_model
 from resnet50.cli import main
 from resnet50.infer import create_backend, load_model, softmax
-from resnet50.predict import expand_inputs, imagenet_synsets_and_names, predict_files, preprocess
+from resnet50.predict import (
+    expand_inputs,
+    imagenet_synsets_and_names,
+    predict_files,
+    preprocess,
+)
 from resnet50.weights import Preprocessing, save
 
 CLASSES = ["cat", "dog", "bird"]

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from resnet50 import UserError, create_model
-from resnet50.optim import Lamb, ModelEMA, lr_at, mix_batch, param_groups, soft_targets, loss_fn
-from resnet50.recipes import OptimSpec, RECIPES, TrainConfig, get_recipe, resolve
+from resnet50.optim import (
+    Lamb,
+    ModelEMA,
+    loss_fn,
+    lr_at,
+    mix_batch,
+    param_groups,
+    soft_targets,
+)
+from resnet50.recipes import RECIPES, OptimSpec, TrainConfig, get_recipe, resolve
 
 
 def test_recipes_resolve_to_their_documented_hyperparameters():

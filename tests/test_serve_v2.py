@@ -14,8 +14,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from resnet50 import create_model
-from resnet50.data.transforms import eval_transform
 from resnet50.data.decode import decode_image
+from resnet50.data.transforms import eval_transform
 from resnet50.infer import EagerBackend, load_model
 from resnet50.serve import BackgroundServer, ServeConfig
 from resnet50.serve_v2 import softmax

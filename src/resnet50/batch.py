@@ -10,7 +10,10 @@ Inputs (``input_format="auto"`` decides by the path):
     webdataset  tar shards (a brace pattern, glob, folder of ``.tar`` or URL; ``resnet50.data.webdataset``): each
                 sample's first image member, named ``<shard>#<key>``
     parquet     a Parquet file or folder; ``column`` holds image paths (string) or encoded images (binary, then
-                ``id_column`` names each row in the output)
+                ``id_column`` names each row in the output). Every file of a folder is checked before Ray starts:
+                one without the column, or with it of another type (two schemas in one folder: Ray would take the
+                first file's and read the column of the others as nulls), is refused in one line naming it, and
+                so is an input of zero rows. A null path, image or id is that row's error.
 
 Each actor decodes and preprocesses as the checkpoint says (``resnet50.predict.preprocess``, the same pixels as
 ``predict`` and ``evaluate``) and runs one of our backends (``resnet50.infer.create_backend``). With embeddings
@@ -22,12 +25,16 @@ never a failed job), ``indices`` (list<int64>, top-k class indices, highest firs
 ``scores`` (list<double>, softmax probabilities), ``embedding`` (list<float>, with embeddings only).
 
 Ray: a local instance started here (``num_cpus``, no dashboard), or the cluster ``RAY_ADDRESS`` names (then image
-paths and the output folder must be on storage every node sees).
+paths and the output folder must be on storage every node sees). Ray Data's reading tasks (listing files, reading
+Parquet, reading shards) ask for one CPU each, beside the actors' ``actors x cpus_per_actor``: a local Ray with
+less than ``READ_CPUS`` left over is refused before the job starts (the actor pool would hold every CPU and the
+job wait for ever, with no output). Ray's CPUs are logical: ``num_cpus`` may exceed the machine's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -46,6 +53,7 @@ from .predict import class_names, expand_inputs, preprocess
 
 FORMATS = ("auto", "images", "list", "webdataset", "parquet")
 ID_COLUMNS = ("path", "key", "id", "file", "__key__")
+READ_CPUS = 1  # what Ray Data's reading tasks ask for (one CPU a task), left free beside the actor pool
 
 
 def _ray():
@@ -95,30 +103,62 @@ def _shard_rows(row: dict) -> list[dict]:
     return out
 
 
-def _parquet_columns(path: str, column: str | None, id_column: str | None) -> tuple[str, str | None, bool]:
-    """(image column, id column or None, whether the image column holds bytes) from the first file's schema."""
+def _parquet_files(path: str) -> list[Path]:
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.parquet")) if p.is_dir() else []
+    if not files:
+        raise UserError(f"{path} is neither a Parquet file nor a folder of .parquet files")
+    return files
+
+
+def _kind(pa, typ) -> str | None:
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        return "bytes"
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return "paths"
+    return None
+
+
+def _parquet_columns(path: str, column: str | None, id_column: str | None) -> tuple[list[str], str, str | None, bool]:
+    """(the files, image column, id column or None, whether the image column holds bytes), from the first file's
+    schema, checked against every file's (their footers only: no data is read)."""
     pq = require("pyarrow.parquet", "reading Parquet")
     pa = require("pyarrow", "reading Parquet")
-    p = Path(path)
-    first = p if p.is_file() else next(iter(sorted(p.glob("*.parquet"))), None)
-    if first is None:
-        raise UserError(f"{path} is neither a Parquet file nor a folder of .parquet files")
-    schema = pq.read_schema(first)
-    names = schema.names
+    files = _parquet_files(path)
+    schemas, rows = [], 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for files that are not Parquet
+            raise UserError(f"{f} is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        schemas.append(meta.schema.to_arrow_schema())
+        rows += meta.num_rows
+    names = schemas[0].names
     column = column or next((c for c in ("image", "bytes", "path") if c in names), None)
     if column is None or column not in names:
-        raise UserError(f"{path} has no column {column or 'image/bytes/path'!r} (columns: {', '.join(names)}); "
-                        "give the column of image paths or bytes with --column")
-    typ = schema.field(column).type
-    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        raise UserError(f"{files[0] if len(files) > 1 else path} has no column {column or 'image/bytes/path'!r} "
+                        f"(columns: {', '.join(names)}); give the column of image paths or bytes with --column")
+    kind = _kind(pa, schemas[0].field(column).type)
+    if kind is None:
+        raise UserError(f"{path}: column {column!r} is {schemas[0].field(column).type}; give a column of image "
+                        "paths (string) or bytes (binary)")
+    ident = None
+    if kind == "bytes":
         ident = id_column or next((c for c in ID_COLUMNS if c in names), None)
         if ident is None or ident not in names:
             raise UserError(f"{path}: column {column!r} holds image bytes; name each row in the output with "
                             f"--id-column (columns: {', '.join(names)})")
-        return column, ident, True
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        return column, None, False
-    raise UserError(f"{path}: column {column!r} is {typ}; give a column of image paths (string) or bytes (binary)")
+    for f, schema in zip(files[1:], schemas[1:]):
+        wanted = [c for c in (column, ident) if c is not None]
+        lacking = [c for c in wanted if c not in schema.names]
+        if lacking or _kind(pa, schema.field(column).type) != kind:
+            what = (f"has no column {lacking[0]!r} (its columns: {', '.join(schema.names)})" if lacking else
+                    f"has {column!r} as {schema.field(column).type}")
+            raise UserError(f"{f} {what}, unlike {files[0].name}: the folder mixes two schemas; give files of one "
+                            "schema (a folder per schema)")
+    if rows == 0:
+        raise UserError(f"{path} holds no rows ({len(files)} file(s), 0 rows); nothing to predict")
+    return [str(f) for f in files], column, ident, kind == "bytes"
 
 
 @dataclass
@@ -143,7 +183,7 @@ def resolve_inputs(inputs: list[str], input_format: str = "auto", column: str | 
     if kind == "parquet":
         if len(inputs) != 1:
             raise UserError("give one Parquet file or folder")
-        return Inputs(kind, list(inputs), *_parquet_columns(inputs[0], column, id_column))
+        return Inputs(kind, *_parquet_columns(inputs[0], column, id_column))
     if kind == "webdataset":
         return Inputs(kind, [s for spec in inputs for s in expand_urls(spec)])
     if kind == "list":
@@ -151,20 +191,34 @@ def resolve_inputs(inputs: list[str], input_format: str = "auto", column: str | 
     return Inputs(kind, [str(p.resolve()) for p in expand_inputs(inputs)])  # actors may run elsewhere
 
 
+def _text(value) -> str | None:
+    """A cell as text, or None for a null (None, NaN, pandas.NA)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType":
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parquet_rows(col: str, ident: str | None, is_bytes: bool):
+    def to_rows(batch):
+        if is_bytes:
+            names = [_text(v) for v in batch[ident]]
+            images = [v if isinstance(v, (bytes, bytearray, memoryview)) else None for v in batch[col]]
+            errors = [None if img is not None else f"null in the image column {col!r}" for img in images]
+            return {"path": names, "image": images, "error": errors}
+        paths = [_text(v) for v in batch[col]]
+        return {"path": paths, "image": [None] * len(paths),
+                "error": [None if p else f"no image path (a null or empty {col!r})" for p in paths]}
+    return to_rows
+
+
 def to_dataset(inp: Inputs):
     """A Ray Dataset of rows {path, image (bytes, or None: read from path), error (None, or why not readable)}."""
     ray = _ray()
     if inp.kind == "parquet":
         col, ident = inp.column, inp.id_column
-
-        def to_rows(batch):
-            n = len(batch[col])
-            if inp.is_bytes:
-                return {"path": batch[ident].astype(str), "image": batch[col], "error": [None] * n}
-            return {"path": batch[col], "image": [None] * n, "error": [None] * n}
-
-        ds = ray.data.read_parquet(inp.items[0]).select_columns([col] + ([ident] if ident else []))
-        return ds.map_batches(to_rows, batch_format="pandas")
+        ds = ray.data.read_parquet(inp.items)
+        ds = ds.select_columns([col] + ([ident] if ident else []))
+        return ds.map_batches(_parquet_rows(col, ident, inp.is_bytes), batch_format="pandas")
     if inp.kind == "webdataset":
         return ray.data.from_items([{"shard": s} for s in inp.items]).flat_map(_shard_rows)
     return ray.data.from_items([{"path": p, "image": None, "error": None} for p in inp.items])
@@ -222,7 +276,7 @@ class Predictor:
             except ImageDecodeError as e:
                 errors[i] = e.reason
         good = [i for i in range(n) if arrays[i] is not None]
-        out = {"path": [str(p) for p in batch["path"]], "error": errors, "indices": [None] * n,
+        out = {"path": [_text(p) for p in batch["path"]], "error": errors, "indices": [None] * n,
                "classes": [None] * n, "scores": [None] * n, "embedding": [None] * n}
         if good:
             logits, emb = self.run(np.stack([arrays[i] for i in good]))
@@ -304,8 +358,12 @@ def batch_predict(inputs: list[str], weights: str, out: str | os.PathLike, *, in
     if not remote and out_path.exists():
         raise UserError(f"--out {out_path} exists; give a new folder (the Parquet files are written into it)")
     inp = resolve_inputs(inputs, input_format, column, id_column)
+    if num_cpus is not None and not os.environ.get("RAY_ADDRESS"):  # known before Ray starts: refuse at once
+        check_fits(actors, cpus_per_actor, 0, {"CPU": num_cpus})
     started = start_ray(num_cpus, progress=progress)
     try:
+        if not os.environ.get("RAY_ADDRESS"):  # a cluster may autoscale; a local Ray will not
+            check_fits(actors, cpus_per_actor, gpus_per_actor, ray.cluster_resources())
         t0 = time.perf_counter()
         ds = to_dataset(inp)
         threads = max(1, int(cpus_per_actor))
@@ -331,6 +389,22 @@ def batch_predict(inputs: list[str], weights: str, out: str | os.PathLike, *, in
         if started:
             ray.shutdown()
     return BatchResult(str(out), rows, errors, seconds, rows / max(seconds, 1e-9), inp.kind, backend, actors, cluster)
+
+
+def check_fits(actors: int, cpus_per_actor: float, gpus_per_actor: float, resources: dict) -> None:
+    """Refuse an actor pool that leaves the reading tasks no CPU (or asks for more GPUs than there are): Ray would
+    wait for ever, with no output."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    need = actors * cpus_per_actor
+    if need + READ_CPUS > cpus:
+        fit = int((cpus - READ_CPUS) // cpus_per_actor)
+        fix = f"--actors {fit}" if fit >= 1 else f"--num-cpus {math.ceil(need + READ_CPUS)} (Ray's CPUs are logical)"
+        raise UserError(f"--actors {actors} x --cpus-per-actor {cpus_per_actor:g} = {need:g} CPU(s) leave less than "
+                        f"the {READ_CPUS} CPU that reading the inputs needs, of this Ray's {cpus:g} (the job would "
+                        f"wait for ever); use {fix}")
+    if actors * gpus_per_actor > gpus:
+        raise UserError(f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} needs {actors * gpus_per_actor:g} "
+                        f"GPUs; this Ray has {gpus:g}")
 
 
 def count_rows(out: str) -> tuple[int, int]:

@@ -8,7 +8,12 @@ import torch
 from PIL import Image
 
 from resnet50.data import TransformConfig, build_transform
-from resnet50.data.augment import RandAugment, RandomErasing, TrivialAugmentWide, build_auto_augment
+from resnet50.data.augment import (
+    RandAugment,
+    RandomErasing,
+    TrivialAugmentWide,
+    build_auto_augment,
+)
 from resnet50.errors import UserError
 from resnet50.recipes import get_recipe, resolve
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet50.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform, read_idx
+from resnet50.data import (
+    FASHION_MNIST_CLASSES,
+    build_dataset,
+    build_loader,
+    build_transform,
+    read_idx,
+)
 from resnet50.data.formats import EMBEDDED_DIR
 from resnet50.data.transforms import FASHION_MNIST, default_transform_config
 from resnet50.errors import UserError

@@ -10,10 +10,22 @@ import numpy as np
 import pytest
 
 from resnet50.data import (
-    FASHION_MNIST_CLASSES, CifarDataset, IdxDataset, ImageFolder, build_dataset, detect_format,
-    holdout_split, load_pickle, read_idx,
+    FASHION_MNIST_CLASSES,
+    CifarDataset,
+    IdxDataset,
+    ImageFolder,
+    build_dataset,
+    detect_format,
+    holdout_split,
+    load_pickle,
+    read_idx,
 )
-from resnet50.data.stats import CIFAR10_MEAN, FASHION_MNIST_MEAN, IMAGENET_MEAN, MNIST_MEAN
+from resnet50.data.stats import (
+    CIFAR10_MEAN,
+    FASHION_MNIST_MEAN,
+    IMAGENET_MEAN,
+    MNIST_MEAN,
+)
 from resnet50.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]

@@ -9,7 +9,13 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from resnet50.data import (
-    FASHION_MNIST, Batch, ResumableSampler, build_dataset, build_loader, build_transform, collate,
+    FASHION_MNIST,
+    Batch,
+    ResumableSampler,
+    build_dataset,
+    build_loader,
+    build_transform,
+    collate,
 )
 from resnet50.data.decode import Skipped
 from resnet50.errors import UserError
@@ -205,8 +211,9 @@ def test_loader_argument_errors():
 
 def test_ten_crop_batches_have_a_crop_axis(tmp_path):
     write_folder(tmp_path / "d", {})
-    from resnet50.data import IMAGENET
     import dataclasses
+
+    from resnet50.data import IMAGENET
 
     cfg = dataclasses.replace(IMAGENET, image_size=16, crop_pct=16 / 24, mean=(0.5,), std=(0.5,), in_chans=1)
     ds = build_dataset(tmp_path / "d", "test", build_transform(cfg, train=False, ten_crop=True), in_chans=1)

@@ -10,8 +10,19 @@ import torch
 from PIL import Image
 
 from resnet50.data import (
-    FASHION_MNIST, IMAGENET, CenterCrop, RandomCrop, RandomResizedCrop, Resize, TenCrop, ToTensor, TransformConfig,
-    build_dataset, build_transform, default_transform_config, hflip,
+    FASHION_MNIST,
+    IMAGENET,
+    CenterCrop,
+    RandomCrop,
+    RandomResizedCrop,
+    Resize,
+    TenCrop,
+    ToTensor,
+    TransformConfig,
+    build_dataset,
+    build_transform,
+    default_transform_config,
+    hflip,
 )
 from resnet50.errors import UserError
 

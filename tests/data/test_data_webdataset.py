@@ -12,7 +12,14 @@ import torch
 from PIL import Image
 
 import resnet50.data.webdataset as wds
-from resnet50.data import WebDataset, build_dataset, build_loader, detect_format, expand_braces, expand_urls
+from resnet50.data import (
+    WebDataset,
+    build_dataset,
+    build_loader,
+    detect_format,
+    expand_braces,
+    expand_urls,
+)
 from resnet50.errors import UserError
 
 

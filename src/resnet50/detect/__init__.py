@@ -15,13 +15,7 @@ Modules, in the order data flows: ``nms`` (box ops, batched NMS), ``fpn`` (the b
 
 from .checkpoint import DetectorCheckpoint, load_detector, save_detector
 from .nms import batched_nms, box_iou, nms
-from .retinanet import (
-           DetectorConfig,
-           RetinaNet,
-           create_detector,
-           num_params,
-           postprocess,
-)
+from .retinanet import DetectorConfig, RetinaNet, create_detector, num_params, postprocess
 
 __all__ = ["DetectorCheckpoint", "DetectorConfig", "RetinaNet", "batched_nms", "box_iou", "create_detector",
            "load_detector", "nms", "num_params", "postprocess", "save_detector"]
