@@ -1,7 +1,6 @@
 """resnet50.detect.coco: pycocotools on a hand-checked case, bad COCO files, counted skips and repairs, letterboxing."""
 
 import json
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,7 +1,6 @@
 """resnet50.detect.retinanet: torchvision's RetinaNet layout loading strictly, the v2 names, the backbone from a
 classification checkpoint, anchors and box coding, matching, post-processing, eager vs ONNX outputs."""
 
-
 import numpy as np
 import pytest
 import torch
