@@ -350,6 +350,7 @@ def apply_overrides(cfg, overrides: dict[str, typing.Any] | None):
     """Set flat-named fields (``{"lr": "0.2"}``) on ``cfg`` (any task's config), converting strings to the fields'
     types (a frozen section is replaced); then the config's own ``validate``."""
     fields = flat_fields(type(cfg))
+    frozen: dict[str, dict] = {}  # a frozen section (DetectorConfig) checks itself: replace it once, all fields set
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -362,9 +363,11 @@ def apply_overrides(cfg, overrides: dict[str, typing.Any] | None):
         section = getattr(cfg, sec)
         value = coerce_field(type(section), name, value)
         if getattr(type(section), "__dataclass_params__").frozen:
-            setattr(cfg, sec, dataclasses.replace(section, **{name: value}))
+            frozen.setdefault(sec, {})[name] = value
         else:
             setattr(section, name, value)
+    for sec, values in frozen.items():
+        setattr(cfg, sec, dataclasses.replace(getattr(cfg, sec), **values))
     cfg.validate()
     return cfg
 

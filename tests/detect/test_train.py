@@ -18,7 +18,8 @@ from resnet50.cli import main
 from resnet50.detect.checkpoint import (
     load_detector,
 )
-from resnet50.detect.coco import CocoDataset, make_batch
+from resnet50.data import build_loader
+from resnet50.detect.coco import CocoDataset, collate_detection, make_batch
 from resnet50.detect.retinanet import (
     RetinaNet,
     create_detector,
@@ -192,3 +193,18 @@ def test_the_detection_loss_needs_no_host_sync():
     assert set(losses) == {"classification", "bbox_regression"} and losses["classification"].device.type == "meta"
     with pytest.raises(Exception):  # the check itself: a sync on meta fails
         torch.zeros(3, device="meta").nonzero()
+
+
+def test_epoch_plan_is_the_loaders_order_and_flips(shapes):
+    from resnet50.detect.coco import DetectionSamples, load_sample
+    from resnet50.detect.train import epoch_plan
+
+    train_dir, _ = shapes
+    ds = CocoDataset(train_dir)
+    order, flips = epoch_plan(len(ds), 1, 7, 0.5)
+    loader = build_loader(DetectionSamples(ds, 64, 0.5), 4, train=True, seed=7, collate=collate_detection)
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    assert batch.image_ids == [ds.images[i].id for i in order[:4]]
+    want = torch.stack([load_sample(ds, i, 64, f).image for i, f in zip(order[:4], flips[:4])])
+    assert torch.equal(batch.images, want) and 0 < sum(flips) < len(flips)

@@ -55,7 +55,8 @@ def run_train(args) -> int:
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
     else:
-        best = f"best val mAP {result['best_map']:.3f}" if result["best_map"] >= 0 else "no validation data"
+        best = f"best val mAP {result['best_map']:.3f}" if result["best_map"] >= 0 else \
+            "val mAP undefined (no ground-truth boxes)" if cfg.data.val else "no validation data"
         print(f"done: {result['run_dir']}  {best}")
     return 0
 
@@ -96,7 +97,8 @@ def run_evaluate(args) -> int:
     if r["lost_images"]:
         print(f"measured on {r['images']} of {r['listed_images']} listed images: lost {r['lost_images']} "
               f"({len(r['missing'])} missing, {len(r['skipped_files'])} unreadable), e.g. "
-              f"{(r['missing'] or [x['path'] for x in r['skipped_files']])[0]}; --strict refuses a partial set")
+              f"{(r['missing'] or [x['path'] + ': ' + x['reason'] for x in r['skipped_files']])[0]}; --strict "
+              "refuses a partial set")
     found = r["dataset"].get("found_by_name", 0)
     if found:
         print(f"found {found} image(s) by base name inside the folder, e.g. {r['dataset']['examples']['found_by_name']}")

@@ -91,6 +91,11 @@ class DetectorConfig:
             (self.num_classes >= 1, "num_classes must be >= 1"),
             (self.image_size >= 32, f"image_size {self.image_size} is below the 32 px minimum"),
             (0 < self.bg_iou <= self.fg_iou <= 1, "need 0 < bg_iou <= fg_iou <= 1"),
+            # v2's heads use GroupNorm(32 groups): a group of one channel has no spread to normalise over on the
+            # one-cell maps of P7 at batch 1 (a crash in prediction), so at least two channels a group
+            (self.version != "v2" or (self.fpn_channels % 32 == 0 and self.fpn_channels >= 64),
+             f"fpn_channels {self.fpn_channels} does not fit v2's GroupNorm of 32 groups; use a multiple of 32, "
+             "at least 64"),
         ]
         for ok, msg in checks:
             if not ok:

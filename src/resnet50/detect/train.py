@@ -23,6 +23,8 @@ from torch import nn
 
 from .. import engine
 from ..data import build_loader
+from ..data.loader import ResumableSampler
+from ..data.seeding import mix_seed
 from ..data.decode import MAX_PIXELS
 from ..engine import Dist, Run
 from ..errors import UserError
@@ -154,6 +156,20 @@ def validate(cfg: DetectTrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+
+
+def epoch_plan(n: int, epoch: int, seed: int, hflip: float) -> tuple[list[int], list[bool]]:
+    """The image order and flips of an epoch of ``n`` training images on one process: a function of (seed, epoch)
+    alone, exactly what the loader (``data.ResumableSampler``, per-sample seeds) and ``coco.DetectionSamples``
+    produce, so a resume replays it and a user can see which images an epoch's batches hold."""
+    sampler = ResumableSampler(n, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    order, flips = sampler.indices(), []
+    for i in order:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(mix_seed(seed, epoch, i))
+            flips.append(bool(hflip) and bool(torch.rand(()) < hflip))
+    return order, flips
 
 
 # --- resume --------------------------------------------------------------------------------------------------------
