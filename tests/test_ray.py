@@ -133,3 +133,67 @@ def test_bad_options_are_refused_before_any_work(images, rgb_checkpoint, tmp_pat
                           str(rgb_checkpoint), "--out", str(tmp_path / "exists")], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and "exists; give a new folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parquet_that_pipelines_produce(local_ray, images, rgb_checkpoint, reference, tmp_path):
+    """A null path (a failed join) or null bytes are that row's error; two schemas in one folder and zero rows are
+    one line about the input, before Ray runs anything."""
+    files = sorted(p for p, r in reference.items() if not isinstance(r, str))[:4]
+    pq.write_table(pa.table({"path": files[:2] + [None, ""] + files[2:]}), tmp_path / "null_path.parquet")
+    res = batch_predict([str(tmp_path / "null_path.parquet")], str(rgb_checkpoint), tmp_path / "o_null", k=K)
+    assert (res.rows, res.errors) == (6, 2)
+    t = pyarrow.dataset.dataset(str(tmp_path / "o_null"), format="parquet").to_table().to_pylist()
+    bad = [r for r in t if r["error"]]
+    assert [(r["path"], r["error"]) for r in bad] == [(None, "no image path (a null or empty 'path')"),
+                                                      ("", "no image path (a null or empty 'path')")]
+    assert_matches({r["path"]: r for r in t if not r["error"]}, {f: reference[f] for f in files})
+
+    data = [open(f, "rb").read() for f in files[:2]]
+    pq.write_table(pa.table({"key": ["a", None, "c"], "image": pa.array([data[0], data[1], None], pa.binary())}),
+                   tmp_path / "null_bytes.parquet")
+    res = batch_predict([str(tmp_path / "null_bytes.parquet")], str(rgb_checkpoint), tmp_path / "o_bytes", k=K)
+    got = sorted(pyarrow.dataset.dataset(str(tmp_path / "o_bytes"), format="parquet").to_table().to_pylist(),
+                 key=lambda r: (r["path"] is None, r["path"] or ""))
+    assert (res.rows, res.errors) == (3, 1)
+    assert [(r["path"], r["error"]) for r in got] == [("a", None), ("c", "null in the image column 'image'"),
+                                                      (None, None)]
+    assert got[2]["indices"] == reference[files[1]][0]  # a row without a name is still predicted
+
+
+def test_parquet_input_errors_are_one_line(images, rgb_checkpoint, tmp_path):
+    two = tmp_path / "two_schemas"
+    two.mkdir()
+    pq.write_table(pa.table({"path": ["x.png"]}), two / "a.parquet")
+    pq.write_table(pa.table({"file": ["y.png"]}), two / "b.parquet")
+    pq.write_table(pa.table({"path": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    (tmp_path / "typed").mkdir()
+    pq.write_table(pa.table({"path": ["x.png"]}), tmp_path / "typed" / "a.parquet")
+    pq.write_table(pa.table({"path": [1]}), tmp_path / "typed" / "b.parquet")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.parquet").write_bytes(b"not parquet at all")
+    for source, words in ((two, "b.parquet has no column 'path' (its columns: file), unlike a.parquet: the folder "
+                                "mixes two schemas"),
+                          (tmp_path / "zero.parquet", "holds no rows (1 file(s), 0 rows); nothing to predict"),
+                          (tmp_path / "typed", "b.parquet has 'path' as int64, unlike a.parquet"),
+                          (tmp_path / "junk", "a.parquet is not a readable Parquet file")):
+        out = subprocess.run([sys.executable, "-m", "resnet50", "batch-predict", str(source), "--weights",
+                              str(rgb_checkpoint), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and words in out.stderr, out.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_an_actor_pool_that_leaves_no_cpu_for_reading_is_refused(local_ray, images, rgb_checkpoint, tmp_path):
+    """Ray Data's reading tasks need a CPU beside the actors: --actors N on N CPUs used to wait for ever."""
+    with pytest.raises(UserError, match=r"--actors 2 x --cpus-per-actor 1 = 2 CPU\(s\) leave less than the 1 CPU "
+                                        r"that reading the inputs needs, of this Ray's 2 .* use --actors 1"):
+        batch_predict([str(images)], str(rgb_checkpoint), tmp_path / "o", actors=2)  # the fixture's Ray: 2 CPUs
+    with pytest.raises(UserError, match=r"needs 2 GPUs; this Ray has 0"):
+        batch_predict([str(images)], str(rgb_checkpoint), tmp_path / "o", actors=2, cpus_per_actor=0.5,
+                      gpus_per_actor=1)
+    assert not (tmp_path / "o").exists()
+    out = subprocess.run([sys.executable, "-m", "resnet50", "batch-predict", str(images), "--weights",
+                          str(rgb_checkpoint), "--out", str(tmp_path / "o"), "--actors", "1", "--num-cpus", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "use --num-cpus 2 (Ray's CPUs are logical)" in \
+        out.stderr, out.stderr
