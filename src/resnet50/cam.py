@@ -42,7 +42,7 @@ from .model import ResNet, ZeroPadShortcut
 from .scenes import iou
 
 __all__ = ["CamResult", "box_from_heatmap", "cam", "class_activation_maps", "connected_components", "dilated",
-           "draw_overlay", "grad_cam", "iou", "localization_accuracy"]
+           "draw_overlay", "grad_cam", "iou", "localization_accuracy", "upscale_factor"]
 
 THRESHOLD = 0.2  # the CAM paper's: 20 % of the heatmap's maximum
 
@@ -366,6 +366,16 @@ def localization_accuracy(pred_classes: Sequence[int], pred_boxes: Sequence[Sequ
 
 PRED_COLOR = (255, 255, 255)
 GT_COLOR = (57, 255, 20)
+MAX_PICTURE_SIDE = 4096  # no enlargement takes a picture's longer side past this (nor past the image's own)
+
+
+def upscale_factor(width: int, height: int, min_side: int = 384, max_side: int = MAX_PICTURE_SIDE) -> int:
+    """The integer factor that enlarges a ``width`` x ``height`` image until its shorter side is ``min_side`` px
+    (labels stay legible on small images), bounded so that its longer side stays within ``max(max_side, longer
+    side)``: a 1500 x 3 strip is drawn 3000 x 6, not 192,000 x 384 (a 74 GB picture). Never below 1. Every picture
+    of this package (CAM overlays, detection boxes) is sized by this one rule."""
+    want = math.ceil(min_side / max(1, min(width, height)))
+    return max(1, min(want, max_side // max(1, width, height)))
 
 
 def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -403,7 +413,8 @@ def draw_overlay(image: Image.Image | np.ndarray | Tensor, heatmap: np.ndarray |
     and a tag "label 97.3 %" (``score`` a probability) on the box. Boxes are ``[x, y, w, h]`` in image pixels.
 
     Images smaller than ``min_size`` on their short side are enlarged by an integer factor (bilinear) so the
-    picture is legible; returns an RGB ``PIL.Image`` of ``factor * W`` x ``factor * H``.
+    picture is legible, bounded by ``upscale_factor``; returns an RGB ``PIL.Image`` of ``factor * W`` x
+    ``factor * H``.
     Errors: ``UserError`` for shapes that do not fit together."""
     from matplotlib import colormaps
 
@@ -412,7 +423,7 @@ def draw_overlay(image: Image.Image | np.ndarray | Tensor, heatmap: np.ndarray |
     if h.ndim != 2:
         raise UserError(f"a heatmap is 2-D (H, W), got shape {h.shape}")
     H, W = rgb.shape[:2]
-    factor = max(1, math.ceil(min_size / min(H, W)))
+    factor = upscale_factor(W, H, min_size)
     size = (W * factor, H * factor)
     base = np.asarray(Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(size, Image.Resampling.BILINEAR),
                       np.float32) / 255

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..cam import upscale_factor
 from ..data.decode import ImageDecodeError, decode_image
 from ..errors import UserError
 from ..files import atomic_path, output_dir
@@ -100,9 +101,10 @@ def detect_files(files: Sequence[Path], ckpt: DetectorCheckpoint, min_score: flo
 
 def draw_detections(pixels: np.ndarray, detections: list[dict], min_side: int = 384) -> Image.Image:
     """An RGB picture of ``pixels`` (uint8 (H, W) or (H, W, 3)) with each detection's box and "label score",
-    upscaled (nearest) so its shorter side is at least ``min_side`` px, so labels stay legible on small images."""
+    upscaled (nearest) so its shorter side is at least ``min_side`` px, so labels stay legible on small images,
+    within ``cam.upscale_factor``'s bound on the longer side (a 1500 x 3 strip is drawn 3000 x 6)."""
     img = Image.fromarray(pixels).convert("RGB")
-    k = max(1, int(np.ceil(min_side / min(img.size))))
+    k = upscale_factor(img.width, img.height, min_side)
     if k > 1:
         img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
