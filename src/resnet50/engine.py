@@ -75,7 +75,11 @@ class Task(Protocol):
     val_images: int  # images one validation reads (the time budget's estimate); 0 = no validation
     val_extra_s: float  # seconds a validation costs beyond its forward passes (scoring)
 
+    find_unused: bool  # DDP: some parameters train in some epochs only (find_unused_parameters)
+
     def describe(self, run: Run) -> str: ...
+    def train_mode(self, run: Run, epoch: int) -> None:
+        """Put ``run.net`` in training mode for ``epoch`` (a task may freeze parts of it)."""
     def losses(self, run: Run, net: nn.Module, batch: Any, epoch: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(named loss terms, summed and back-propagated, each a mean over the batch; device-side counters such as
         "correct", summed over the epoch). Autocast is the task's: ``with run.autocast(): ...``."""
@@ -151,13 +155,15 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def wrap(model: nn.Module, r: RunSpec, ddp: Dist, device: torch.device) -> nn.Module:
-    """The model as trained: SyncBN, DDP and torch.compile as configured."""
+def wrap(model: nn.Module, r: RunSpec, ddp: Dist, device: torch.device, find_unused: bool = False) -> nn.Module:
+    """The model as trained: SyncBN, DDP (``find_unused``: its find_unused_parameters, for a model whose trained
+    parameters change between epochs) and torch.compile as configured."""
     if r.sync_bn and ddp.world > 1 and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on CPU")
     net: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(model) if r.sync_bn and ddp.world > 1 else model
     if ddp.world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=find_unused)
     return torch.compile(net) if r.compile else net
 
 
@@ -443,7 +449,7 @@ def setup(task_factory, cfg, checkpoint: dict | None = None, log=print) -> Run:
               max(1, task.train_loader.num_batches() // o.accum_steps), peak_lr, log)
     if checkpoint is not None:
         run.restore(checkpoint)
-    run.net = wrap(model, r, ddp, device)
+    run.net = wrap(model, r, ddp, device, getattr(task, "find_unused", False))
     return run
 
 
@@ -545,7 +551,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict, bool, b
     """Train one epoch (or the rest of one, after a resume); returns its statistics row, whether the run stopped
     early (``--max-steps``) and whether the epoch was completed."""
     loader = run.task.train_loader
-    run.net.train()
+    run.task.train_mode(run, epoch)
     loader.set_epoch(epoch)
     meter = EpochMeter(run.device, run.state.epoch_stats if isinstance(run.state.epoch_stats, dict) else None)
     run.state.epoch_stats = None
@@ -597,7 +603,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict, bool, b
 def _forward_backward(run: Run, batch, epoch: int, meter: EpochMeter, n: int, sync: bool) -> None:
     lr = run.lr(run.state.step)
     for g in run.optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     no_sync = run.ddp.world > 1 and not sync and hasattr(run.net, "no_sync")
     with run.net.no_sync() if no_sync else nullcontext():
         losses, counters = run.task.losses(run, run.net, batch, epoch)

@@ -17,20 +17,36 @@ from .recipes import OptimSpec
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Two groups by module type (not by name, which misses ``downsample.1``): conv and fc weights get weight
-    decay; norm-layer parameters and every bias get it only when ``decay_norm_and_bias``."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            exempt = isinstance(module, NORM_LAYERS) or name == "bias"
-            (no_decay if exempt and not decay_norm_and_bias else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def stage_index(model: nn.Module, child: str) -> int:
+    """A ResNet's top-level module ``child`` by depth: 0 the stem (conv1, bn1, ...), k for ``layerk``, and one more
+    than the last stage for the classifier (``fc``) and anything after it."""
+    stages = getattr(model, "stage_names", None) or []
+    if child in stages:
+        return stages.index(child) + 1
+    return len(stages) + 1 if child == "fc" or not stages else 0
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 layer_lr_decay: float = 1.0) -> list[dict]:
+    """Groups by module type (not by name, which misses ``downsample.1``): conv and fc weights get weight decay;
+    norm-layer parameters and every bias get it only when ``decay_norm_and_bias``. ``layer_lr_decay`` < 1 splits
+    them further by stage (:func:`stage_index`): a stage ``d`` below the classifier has ``lr_scale`` =
+    layer_lr_decay ** d, which the training loop multiplies into the group's learning rate (discriminative rates:
+    Howard and Ruder 2018, fastai's ``slice(lo, hi)``; BEiT's and timm's layer-wise decay)."""
+    buckets: dict[tuple[float, bool], list] = {}
+    tops = list(model.named_children()) if layer_lr_decay < 1 else [("", model)]
+    head = len(getattr(model, "stage_names", None) or []) + 1
+    for top, child in tops:
+        scale = layer_lr_decay ** (head - stage_index(model, top)) if top else 1.0
+        for module in child.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                exempt = (isinstance(module, NORM_LAYERS) or name == "bias") and not decay_norm_and_bias
+                buckets.setdefault((scale, exempt), []).append(p)
+    groups = [{"params": ps, "weight_decay": 0.0 if exempt else weight_decay, "lr_scale": scale}
+              for (scale, exempt), ps in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
+    return groups or [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
 
 
 class Lamb(torch.optim.Optimizer):
@@ -84,7 +100,7 @@ def build_optimizer(model: nn.Module, o: OptimSpec, lr: float) -> torch.optim.Op
     them): its optimiser step is 1.6x faster and a training step at the demo's shapes 4.6 % faster on the 2-core
     CPU (the fused row of ``benchmarks/train_speed.py`` with AdamW, docs/benchmarks.md); for SGD the fused one measured
     no faster, so torch's default stays."""
-    groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias)
+    groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias, getattr(o, "layer_lr_decay", 1.0))
     if o.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.optimizer == "adamw":

@@ -63,6 +63,10 @@ class DataSpec:
     workers: int = 4
     val_fraction: float = 0.1  # held-out share of train where the files have no validation split
     max_pixels: int = MAX_PIXELS  # refuse images whose header claims more pixels (decompression bombs)
+    # "weights": with --init-weights, normalise with the weights' own mean, std and interpolation (what they were
+    # trained with; torchvision's weights.transforms(), timm's pretrained_cfg) where their channel count is the
+    # data's; "data": the dataset's statistics
+    preprocessing: str = "weights"
 
     def transforms(self, dataset) -> tuple[TransformConfig, TransformConfig]:
         """The training and evaluation TransformConfigs for ``dataset``: its defaults (statistics, channels, the
@@ -102,6 +106,13 @@ class OptimSpec:
     mix_prob: float = 1.0  # share of batches that get mixup or cutmix when either is on
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     accum_steps: int = 1  # gradient accumulation: optimiser step every accum_steps batches
+    # Fine-tuning (resnet50.train.frozen_stages): train only the classifier for the first freeze_epochs epochs
+    # (fastai's fine_tune), keep the stem through stage freeze_until frozen for the whole run ("layer4": a linear
+    # probe), frozen stages' BatchNorm in inference mode (Keras' transfer-learning guide); layer_lr_decay < 1 gives
+    # each stage this factor of the next one's learning rate, the classifier the full rate (discriminative rates)
+    freeze_epochs: int = 0
+    freeze_until: str = ""  # "" (none), "stem", "layer1" .. "layer4"
+    layer_lr_decay: float = 1.0
 
 
 @dataclass
@@ -331,8 +342,42 @@ def _demo() -> TrainConfig:
     )
 
 
+def _finetune() -> TrainConfig:
+    # Fine-tuning pretrained weights (--init-weights; their preprocessing is used, data.preprocessing) on a user's
+    # folder, as fastai's ``vision_learner(...).fine_tune(n)`` does it: one epoch with the body frozen and the new
+    # head trained (freeze_epochs=1; frozen BatchNorm in inference mode, as Keras' transfer-learning guide keeps
+    # it), then everything at discriminative rates: fastai's slice(lr / 100, lr) spread over our six groups (stem,
+    # layer1..4, fc) is a factor 100 ** (1 / 5) = 0.40 a stage (layer_lr_decay). AdamW (fastai's default optimiser
+    # is Adam) at fastai's base rate 2e-3 for batch 64, i.e. 8e-3 per 256 images; a warm-up of a quarter of the run,
+    # then cosine to zero (fastai's fit_one_cycle: pct_start 0.25 with cosine annealing); weight decay 0.01 (fastai's
+    # default), none on norms and biases; label smoothing 0.1. A milder crop than from scratch (min_scale 0.35 for
+    # 0.08): the pretrained features already cover scale. 5 epochs; the transfer experiment's figures are in
+    # docs/benchmarks.md.
+    return TrainConfig(
+        recipe="finetune", description="fine-tune pretrained weights: head first, then discriminative rates",
+        model=ModelSpec(variant="v1.5"),
+        data=DataSpec(image_size=224, min_scale=0.35, batch_size=64),
+        optim=OptimSpec(optimizer="adamw", lr=0.008, weight_decay=0.01, decay_norm_and_bias=False,
+                        schedule="cosine", warmup_epochs=1.25, warmup_start=0.04, epochs=5, label_smoothing=0.1,
+                        freeze_epochs=1, layer_lr_decay=0.4),
+    )
+
+
+def _linear_probe() -> TrainConfig:
+    # A linear probe: the pretrained features frozen (stem through layer4, BatchNorm in inference mode), only the
+    # classifier trained; the standard frozen-feature baseline (Kornblith et al. 2019 train logistic regression on
+    # them). AdamW at a higher rate than fine-tuning, since only a linear layer moves; light augmentation.
+    return TrainConfig(
+        recipe="linear-probe", description="a linear classifier on frozen pretrained features",
+        model=ModelSpec(variant="v1.5"),
+        data=DataSpec(image_size=224, min_scale=0.35, batch_size=64),
+        optim=OptimSpec(optimizer="adamw", lr=0.04, weight_decay=0.0, schedule="cosine", warmup_epochs=0.5,
+                        warmup_start=0.04, epochs=5, freeze_until="layer4"),
+    )
+
+
 RECIPES = {"demo": _demo, "paper": _paper, "nvidia": _nvidia, "torchvision-v2": _torchvision_v2,
-           "rsb-a3": _rsb_a3, "fast": _fast}
+           "rsb-a3": _rsb_a3, "fast": _fast, "finetune": _finetune, "linear-probe": _linear_probe}
 
 
 def get_recipe(name: str) -> TrainConfig:
@@ -393,10 +438,16 @@ def validate(cfg: TrainConfig) -> None:
         (d.max_pixels >= 1, f"max_pixels must be positive, not {d.max_pixels}"),
         (d.image_size >= 32, f"image_size {d.image_size} is below the 32 px minimum"),
         (d.train_crop in ("auto", "random_resized", "pad"), "train_crop must be auto, random_resized or pad"),
+        (d.preprocessing in ("weights", "data"), f"preprocessing must be weights or data, not {d.preprocessing!r}"),
         (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),
         (r.device in ("auto", "cpu", "cuda"), f"unknown device {r.device!r}; use auto, cpu or cuda"),
         (0 <= r.ema_decay < 1, "ema_decay must be in [0, 1)"),
         (r.time_budget >= 0 and r.budget_steps >= 0, "time_budget and budget_steps must be >= 0"),
+        (o.freeze_epochs >= 0, f"freeze_epochs must be 0 or more, not {o.freeze_epochs}"),
+        (0 < o.layer_lr_decay <= 1, f"layer_lr_decay must be in (0, 1], not {o.layer_lr_decay}"),
+        (o.freeze_until == "" or o.freeze_until == "stem" or (o.freeze_until.startswith("layer")
+                                                               and o.freeze_until[5:].isdigit()),
+         f"freeze_until {o.freeze_until!r} is not a stage; use stem or layer1 .. layer4 (the network's stages)"),
     ]
     for ok, msg in checks:
         if not ok:

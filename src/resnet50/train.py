@@ -28,8 +28,9 @@ from .engine import Dist, Run, TrainingDiverged  # noqa: F401  (TrainingDiverged
 from .errors import UserError
 from .evaluate import evaluate
 from .files import pyplot, save_figure
-from .optim import loss_fn, mix_batch, soft_targets
-from .recipes import TrainConfig, apply_overrides, run_name
+from .model import ResNet
+from .optim import loss_fn, mix_batch, soft_targets, stage_index
+from .recipes import OptimSpec, TrainConfig, apply_overrides, run_name
 
 
 def train_resolution(epoch: int, cfg: TrainConfig) -> int:
@@ -93,6 +94,8 @@ def build_data(cfg: TrainConfig, world: int = 1) -> DataBundle:
     train_set = build_dataset(dc.data, "train", **kw)
     val_set = build_dataset(dc.data, "val", **kw)
     tcfg, ecfg = dc.transforms(train_set)
+    if cfg.model.init_weights and dc.preprocessing == "weights":
+        tcfg, ecfg = (weights_preprocessing(t, cfg.model.init_weights) for t in (tcfg, ecfg))
     train_set.transform = build_transform(tcfg, train=True)
     val_set.transform = build_transform(ecfg, train=False)
     if dc.batch_size % world:
@@ -109,6 +112,15 @@ def build_data(cfg: TrainConfig, world: int = 1) -> DataBundle:
         raise UserError(f"the training set ({_count(train_set)} images) is smaller than one batch of {per_rank}; "
                         "lower --batch-size")
     return DataBundle(train_set, val_set, train_loader, val_loader, tcfg, ecfg, per_rank, batches)
+
+
+def weights_preprocessing(tcfg: TransformConfig, path: str) -> TransformConfig:
+    """``tcfg`` with the mean, std and interpolation of the weights at ``path`` (what they were trained with), where
+    they have the data's channel count; unchanged otherwise (gray data from RGB weights keep the data's own)."""
+    pre = weights.load(path).preprocessing
+    if pre is None or len(pre.mean) != tcfg.in_chans:
+        return tcfg
+    return dataclasses.replace(tcfg, mean=tuple(pre.mean), std=tuple(pre.std), interpolation=pre.interpolation)
 
 
 # --- resume ------------------------------------------------------------------------------------------------
@@ -128,6 +140,37 @@ def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[TrainConfig
 def elastic_restart(cfg: TrainConfig) -> Path | None:
     """The checkpoint a worker restarted by torchrun continues from (``engine.elastic_restart``), or None."""
     return engine.elastic_restart(cfg.run)
+
+
+# --- fine-tuning: frozen stages ------------------------------------------------------------------------------
+
+def frozen_stages(model: ResNet, o: OptimSpec, epoch: int) -> list[str]:
+    """The top-level modules of ``model`` that do not train in ``epoch``: everything but the classifier while
+    ``epoch < freeze_epochs`` (fastai's ``fine_tune``: the new head first), then the stem through ``freeze_until``
+    (partial fine-tuning; "layer4" is a linear probe on the frozen features). Raises UserError for a stage the
+    network does not have."""
+    names = [n for n, _ in model.named_children()]
+    head = len(model.stage_names) + 1
+    if epoch < o.freeze_epochs:
+        return [n for n in names if stage_index(model, n) < head]
+    if not o.freeze_until:
+        return []
+    if o.freeze_until != "stem" and o.freeze_until not in model.stage_names:
+        raise UserError(f"--freeze-until {o.freeze_until}: the network's stages are stem, "
+                        f"{', '.join(model.stage_names)}; name one of them")
+    last = 0 if o.freeze_until == "stem" else model.stage_names.index(o.freeze_until) + 1
+    return [n for n in names if stage_index(model, n) <= last]
+
+
+def set_frozen(model: nn.Module, frozen: list[str]) -> None:
+    """Freeze the named top-level modules (no gradients; BatchNorm in inference mode, so its statistics stay the
+    pretrained ones, as Keras' transfer-learning guide does) and let the others train."""
+    for name, child in model.named_children():
+        stop = name in frozen
+        for p in child.parameters():
+            p.requires_grad_(not stop)
+        if stop:
+            child.eval()
 
 
 # --- the task ------------------------------------------------------------------------------------------------
@@ -157,6 +200,13 @@ class Classification:
         self.model = cfg.model.create(num_classes=len(self.classes), in_chans=self.data.in_chans)
         if cfg.model.init_weights and checkpoint is None:
             weights.init_from(self.model, cfg.model.init_weights, self.classes, log)
+        o = cfg.optim
+        frozen_stages(self.model, o, o.freeze_epochs)  # a --freeze-until the network lacks: refused before training
+        self.find_unused = bool(o.freeze_epochs)  # DDP: the body joins training after the head-only epochs
+
+    def train_mode(self, run: Run, epoch: int) -> None:
+        run.net.train()
+        set_frozen(self.model, frozen_stages(self.model, self.cfg.optim, epoch))
 
     def describe(self, run: Run) -> str:
         data, m = self.data, self.cfg.model

@@ -1,5 +1,7 @@
 """resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
 
+from ..errors import UserError
+from ..lr_find import auto_lr
 from ..recipes import RECIPES, resolve
 from ..train import elastic_restart, resume_config, train
 from . import add_config_flags, config_overrides, print_json
@@ -17,10 +19,19 @@ def register(sub) -> None:
                    help="also write TensorBoard events to RUN/tensorboard (needs the extra resnet50[tensorboard])")
     add_config_flags(p)
     p.set_defaults(func=run)
+    for action in p._actions:  # --lr also takes "auto": the learning-rate range test's suggestion
+        if action.dest == "lr":
+            action.help = "peak learning rate per 256 images, or auto (resnet50 lr-find's suggestion)"
 
 
 def run(args) -> int:
     overrides = config_overrides(args)
+    auto = str(overrides.get("lr", "")).lower() == "auto"  # the range test's suggestion (resnet50.lr_find)
+    if auto and args.resume:
+        raise UserError("--lr auto picks the rate of a new run; a resumed run keeps its checkpoint's: drop --lr")
+    if auto:
+        overrides["lr"] = auto_lr(resolve(args.recipe, {k: v for k, v in overrides.items() if k != "lr"}),
+                                  progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
     # a worker that torchrun --max-restarts restarted continues its run's last checkpoint by itself
     resume = args.resume or elastic_restart(resolve(args.recipe, overrides))
     if resume:

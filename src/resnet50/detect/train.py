@@ -23,9 +23,9 @@ from torch import nn
 
 from .. import engine
 from ..data import build_loader
+from ..data.decode import MAX_PIXELS
 from ..data.loader import ResumableSampler
 from ..data.seeding import mix_seed
-from ..data.decode import MAX_PIXELS
 from ..engine import Dist, Run
 from ..errors import UserError
 from ..files import pyplot, save_figure
@@ -126,7 +126,7 @@ def resolve(recipe: str, overrides: dict | None = None) -> DetectTrainConfig:
 
 # classification-only fields a detection config refuses when set (their classification defaults are off)
 CLASSIFICATION_ONLY = {"label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "loss": "ce", "bce_target_thresh": 0.0,
-                       "tta_flip": False}
+                       "tta_flip": False, "freeze_epochs": 0, "freeze_until": "", "layer_lr_decay": 1.0}
 
 
 def validate(cfg: DetectTrainConfig) -> None:
@@ -135,7 +135,7 @@ def validate(cfg: DetectTrainConfig) -> None:
         value = getattr(o, name) if hasattr(o, name) else getattr(r, name)
         if value != off:
             raise UserError(f"{name} is a classification option; a detector does not use it: drop "
-                            f"--{name.replace('_', '-')}")
+                            f"--{name.replace('_', '-')} (a detector's backbone freezes by --trainable-layers)")
     checks = [
         (o.optimizer in ("sgd", "adamw"), f"unknown optimizer {o.optimizer!r}; use sgd or adamw"),
         (o.schedule in ("step", "cosine", "linear"), f"unknown schedule {o.schedule!r}; use step, cosine or linear"),
@@ -206,6 +206,7 @@ class Detection:
     best_key = "val_map"
     may_change = MAY_CHANGE
     val_extra_s = 2.0  # pycocotools' scoring of a validation, beyond the forward passes
+    find_unused = False  # trainable_layers freezes the same stages all run long
 
     def __init__(self, cfg: DetectTrainConfig, ddp: Dist, checkpoint: dict | None, log) -> None:
         d = cfg.data
@@ -246,6 +247,9 @@ class Detection:
         if self.val_set is not None:
             text += f"\nvalidation: {self.val_set.json_path} ({self.val_set.stats.summary()})"
         return text
+
+    def train_mode(self, run: Run, epoch: int) -> None:
+        run.net.train()
 
     def losses(self, run: Run, net: nn.Module, batch, epoch: int) -> tuple[dict, dict]:
         images = batch.images.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
