@@ -1,8 +1,12 @@
 """Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, with centre crop, flip TTA or the
-paper's 10-crop (four corners and centre, and their mirrors; the softmax scores are averaged, as in He et al.)."""
+paper's 10-crop (four corners and centre, and their mirrors; the softmax scores are averaged, as in He et al.).
+With a report (``resnet50.report``): per-class precision, recall and F1, the confusion matrix and the top losses as
+pictures, the misclassified samples; with ``knn``: the k-nearest-neighbour top-1 on frozen features
+(``resnet50.embed``), the train split as the gallery."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from contextlib import nullcontext
@@ -14,11 +18,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data import MAX_PIXELS, build_dataset, build_loader, eval_transform
+from .embed import VOTES, extract, knn_predict, load_classifier, weights_file
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .labels import class_mapping, model_class_keys, remap
+from .report import Indexed, Predictions, check_indexable, check_report_dir, collate_indexed, write_report
 from .tensorboard import Board
-from .weights import HUB_WEIGHTS, load
 
 TTA_MODES = ("none", "flip", "ten-crop")
 
@@ -80,9 +85,11 @@ class Metrics:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", device: torch.device | str = "cpu",
              channels_last: bool = True, autocast_dtype: torch.dtype | None = None, classes: list[str] | None = None,
-             progress: bool = True, label_map: list[int] | None = None) -> dict:
+             progress: bool = True, label_map: list[int] | None = None, records: Predictions | None = None) -> dict:
     """Metrics of ``model`` over ``loader`` (batches of images, labels, skipped records). ``label_map`` turns the
-    dataset's labels into the model's class indices (``labels.class_mapping``); None: they are the same."""
+    dataset's labels into the model's class indices (``labels.class_mapping``); None: they are the same.
+    ``records``: also keep each sample's prediction and loss there; the loader's batches then carry the samples'
+    dataset indices (``report.Indexed`` and ``report.collate_indexed``)."""
     if tta not in TTA_MODES:
         raise UserError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
     device = torch.device(device)
@@ -91,7 +98,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", d
     skipped = []
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     start = time.perf_counter()
-    for images, labels, bad in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        images, labels, bad = batch[:3]
         skipped.extend(bad)
         if labels.numel() == 0:
             continue
@@ -100,7 +108,10 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, tta: str = "none", d
             images = images.contiguous(memory_format=torch.channels_last)
         with amp:
             probs = predict_scores(model, images, tta)
-        metrics.update(probs, remap(labels, label_map) if label_map is not None else labels)
+        labels = remap(labels, label_map) if label_map is not None else labels
+        metrics.update(probs, labels)
+        if records is not None:
+            records.update(batch.indices, probs, labels)
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # each rank saw its own share
         metrics.all_reduce()
     out = metrics.result(classes)
@@ -139,36 +150,63 @@ def save_confusion(result: dict, out_dir: str | Path) -> list[Path]:
 
 def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: str = "none", batch_size: int = 100,
                      workers: int = 0, out: str | None = None, progress: bool = True,
-                     max_pixels: int = MAX_PIXELS, tensorboard: bool = False) -> dict:
+                     max_pixels: int = MAX_PIXELS, tensorboard: bool = False, report: str | None = None,
+                     top_losses: int = 16, knn: int | None = None, knn_vote: str = "majority") -> dict:
     """Evaluate a weights file (or a run folder's best.safetensors) on a dataset with the checkpoint's own
     preprocessing. For images smaller than the crop (28 px Fashion-MNIST into 32), ten-crop first resizes the
     image to crop + 4 px so that the ten crops differ. ``tensorboard``: also write the figures and the confusion
-    matrix as TensorBoard events into ``out``/tensorboard (``resnet50.tensorboard``)."""
-    path = Path(weights_path)
-    if path.is_dir() and not (path / HUB_WEIGHTS).is_file():  # a run folder (a Hub-layout folder loads as it is)
-        path = path / "best.safetensors"
+    matrix as TensorBoard events into ``out``/tensorboard (``resnet50.tensorboard``). ``report``: a folder for the
+    interpretation (``resnet50.report``, its ``top_losses`` images in the grid), its files and per-class numbers
+    in the result's ``report``. ``knn``: also score a ``knn``-nearest-neighbour classifier on the pooled features
+    (``resnet50.embed``), the train split as the gallery, in the result's ``knn``."""
     if tensorboard and not out:
         raise UserError("--tensorboard writes its events into the --out folder; give --out FOLDER")
-    if out:
-        output_dir(out)
-    board = Board(Path(out) / "tensorboard") if tensorboard else None
-    ckpt = load(path)
+    if report is not None:
+        check_report_dir(report)
+        if top_losses < 1:
+            raise UserError(f"--top-losses must be >= 1, got {top_losses}")
+    if knn is not None:
+        if knn < 1:
+            raise UserError(f"--knn must be >= 1 (the number of neighbours that vote), got {knn}")
+        if split == "train":
+            raise UserError("--knn takes the train split as the gallery, so it cannot also be the queries; "
+                            "evaluate --split val or --split test")
+        if knn_vote not in VOTES:
+            raise UserError(f"unknown --knn-vote {knn_vote!r}; use one of {', '.join(VOTES)}")
+    path = weights_file(weights_path)
+    ckpt = load_classifier(path)
     cfg = ckpt.model.cfg
     pre = ckpt.preprocessing.for_channels(cfg.in_chans)
     dataset = build_dataset(data, split, in_chans=cfg.in_chans, max_pixels=max_pixels)
+    if report is not None:
+        check_indexable(dataset, "--report")
     # the dataset's label i is the model's class mapping[i], matched by name (labels.py)
     keys = model_class_keys(ckpt.classes, cfg.num_classes)
     mapping = class_mapping(dataset.classes, keys, cfg.num_classes, f"{data} ({split})")
     identity = mapping == list(range(cfg.num_classes))
     classes = keys or (list(dataset.classes) if identity else None)
+    gallery = knn_gallery(data, dataset, split, knn, cfg.in_chans, max_pixels) if knn is not None else None
+    if out:
+        output_dir(out)
+    board = Board(Path(out) / "tensorboard") if tensorboard else None
+    plain = eval_transform(pre, cfg.in_chans)
     ten = tta == "ten-crop"
     if ten and pre.resize < pre.crop:
         pre = dataclasses.replace(pre, resize=pre.crop + 4)
     dataset.transform = eval_transform(pre, cfg.in_chans, ten_crop=ten)
-    loader = build_loader(dataset, batch_size, train=False, workers=workers, seed=0)
+    records = Predictions() if report is not None else None
+    indexed = dict(collate=collate_indexed) if records is not None else {}
+    loader = build_loader(Indexed(dataset) if records is not None else dataset, batch_size, train=False,
+                          workers=workers, seed=0, **indexed)
     result = evaluate(ckpt.model, loader, cfg.num_classes, tta=tta, classes=classes, progress=progress,
-                      label_map=mapping)
+                      label_map=mapping, records=records)
     result.update(weights=str(path), data=str(data), split=split, arch=ckpt.arch, variant=cfg.variant)
+    if gallery is not None:
+        result["knn"] = knn_score(ckpt.model, gallery, dataset, plain, knn, knn_vote, batch_size=batch_size,
+                                  workers=workers, progress=progress)
+    if report is not None:
+        result["report"] = write_report(report, result, records, dataset, data=str(data), split=split,
+                                        top_k=top_losses)
     if out:
         save_confusion(result, out)
         write_json(Path(out) / "metrics.json", result)
@@ -176,3 +214,35 @@ def evaluate_weights(weights_path: str, data: str, split: str = "test", *, tta: 
         board.evaluation(result, Path(out) / "confusion.png")
         board.close()
     return result
+
+
+def knn_gallery(data: str, queries, split: str, k: int, in_chans: int, max_pixels: int):
+    """The train split of ``data``, checked to be indexable, as large as ``k`` and disjoint from the queries."""
+    check_indexable(queries, "--knn")
+    gallery = build_dataset(data, "train", in_chans=in_chans, max_pixels=max_pixels)
+    check_indexable(gallery, "--knn")
+    if k > len(gallery):
+        raise UserError(f"--knn {k} exceeds the {len(gallery)} images of the train split (the gallery); "
+                        f"use a K of at most {len(gallery)}")
+    shared = {p for p, _ in getattr(gallery, "samples", ())} & {p for p, _ in getattr(queries, "samples", ())}
+    if shared:
+        raise UserError(f"--knn: the train split (the gallery) and the {split} split share {len(shared)} images (a "
+                        "plain folder of classes has no test split of its own); evaluate --split val")
+    return gallery
+
+
+def knn_score(model: nn.Module, gallery, queries, transform, k: int, vote: str = "majority", *,
+              batch_size: int = 100, workers: int = 0, progress: bool = True) -> dict:
+    """Top-1 of the ``k``-NN classifier (``embed.knn_predict``) on ``model``'s pooled features, ``gallery`` and
+    ``queries`` datasets through ``transform``, with labels in the datasets' own classes (no model classifier)."""
+    sets = []
+    for name, ds in (("gallery", gallery), ("queries", queries)):
+        ds = copy.copy(ds)
+        ds.transform = transform
+        sets.append(extract(model, build_loader(ds, batch_size, train=False, workers=workers, seed=0), progress,
+                            f"k-NN {name}"))
+    (g, gl), (q, ql) = sets
+    num_classes = int(max(gl.max(), ql.max())) + 1
+    pred = knn_predict(g, gl, q, k, num_classes, vote)
+    return {"k": k, "vote": vote, "top1": float((pred == ql).double().mean()), "gallery": len(g), "queries": len(q),
+            "gallery_split": "train"}
