@@ -190,3 +190,27 @@ def test_iou_known_boxes():
     assert iou([0, 0, 10, 10], [10, 0, 10, 10]) == 0.0  # touching edges share no area
     assert iou([0, 0, 10, 10], [30, 30, 4, 4]) == 0.0
     assert iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
+
+
+def test_cluttered_scenes_follow_the_rule_with_fixed_seeds():
+    from PIL import Image as PILImage
+
+    from resnet50.data import embedded_dataset
+    from resnet50.scenes import clutter_background
+
+    ds = embedded_dataset("val")
+    ours, items = make_scene(np.random.default_rng(5), ds.images, ds.targets, "single", 128, clutter=True)
+    # the rule, written again from the docstring: background first, then the item by the plain rule
+    rng = np.random.default_rng(5)
+    grid = rng.integers(0, 97, (8, 8))
+    bg = np.asarray(PILImage.fromarray(grid.astype(np.uint8)).resize((128, 128), PILImage.Resampling.BILINEAR))
+    bg = np.clip(bg.astype(np.int64) + rng.integers(0, 25, (128, 128)), 0, 255).astype(np.uint8)
+    plain, plain_items = make_scene(rng, ds.images, ds.targets, "single", 128)
+    assert items == plain_items  # the same item and box as a plain scene drawn after the background
+    assert np.array_equal(ours, np.maximum(bg, plain))
+    assert 0 <= bg.min() and bg.max() <= 96 + 24 and bg.std() > 10  # a real clutter, never white
+    assert np.array_equal(clutter_background(np.random.default_rng(5), 128), bg)
+    # whole sets: cluttered canvases are brighter everywhere, one box per single scene
+    canvases, boxes = generate_scenes("val", "single", count=20, seed=3, clutter=True)
+    plain_canvases, plain_boxes = generate_scenes("val", "single", count=20, seed=3)
+    assert canvases.mean() > plain_canvases.mean() + 20 and len(boxes) == 20

@@ -20,6 +20,11 @@ The rule (evaluation sets made elsewhere by this rule must equal ours, so it is 
 - In a "multi" scene an item whose box has IoU > 0.3 with the box of an item already placed is discarded and the
   item is drawn again from step 1 (index, scale and position: redrawing the position alone could loop for ever
   beside a large item); after 1,000 discarded draws for one item the rule gives up with an error (never seen).
+- Cluttered scenes (``clutter=True``) draw their background first, before the item count: ``grid =
+  rng.integers(0, 97, (8, 8))`` (integers uniform in [0, 96]) resized to S x S by ``Image.fromarray(grid.astype(
+  uint8)).resize((S, S), Image.Resampling.BILINEAR)``, plus ``noise = rng.integers(0, 25, (S, S))`` (uniform in
+  [0, 24]), the sum clipped to [0, 255] as uint8; the items are then drawn and placed on it by the same rule.
+  Plain scenes (``clutter=False``) keep a canvas of zeros and draw nothing for it.
 - Accepted items are composited onto the canvas in order with ``numpy.maximum``. A box is its item's own, so it
   may cover pixels of other items; boxes are listed in the order the items were placed.
 
@@ -91,8 +96,21 @@ def _draw_item(rng: np.random.Generator, images: np.ndarray, size: int) -> tuple
     raise UserError(f"{MAX_REDRAWS} items in a row had no pixel >= {BOX_THRESHOLD}; the images are blank")
 
 
+CLUTTER_GRID = 8  # cluttered backgrounds: an 8 x 8 grid of levels ...
+CLUTTER_LEVEL = 96  # ... uniform in [0, 96], resized bilinearly ...
+CLUTTER_NOISE = 24  # ... plus per-pixel noise uniform in [0, 24]
+
+
+def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A cluttered background by the module's rule: uint8 (size, size)."""
+    grid = rng.integers(0, CLUTTER_LEVEL + 1, (CLUTTER_GRID, CLUTTER_GRID))
+    smooth = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
+    noise = rng.integers(0, CLUTTER_NOISE + 1, (size, size))
+    return np.clip(smooth.astype(np.int64) + noise, 0, 255).astype(np.uint8)
+
+
 def make_scene(rng: np.random.Generator, images: np.ndarray, labels: Sequence[int], kind: Kind = "single",
-               size: int = 128) -> tuple[np.ndarray, list[tuple[int, Box]]]:
+               size: int = 128, clutter: bool = False) -> tuple[np.ndarray, list[tuple[int, Box]]]:
     """One scene by the module's rule: ``(canvas, items)``, the canvas uint8 (size, size) and, per item in the order
     placed, ``(label, [x, y, w, h])`` with ``label = labels[i]`` of the drawn image (0-based).
 
@@ -104,7 +122,7 @@ def make_scene(rng: np.random.Generator, images: np.ndarray, labels: Sequence[in
         raise UserError(f"unknown scene kind {kind!r}; use 'single' or 'multi'")
     if size < MIN_CANVAS:
         raise UserError(f"scene size {size} px is below {MIN_CANVAS} px, the largest item (28 x 3); use a larger size")
-    canvas = np.zeros((size, size), np.uint8)
+    canvas = clutter_background(rng, size) if clutter else np.zeros((size, size), np.uint8)
     count = 1 if kind == "single" else int(rng.integers(1, MAX_ITEMS + 1))
     items: list[tuple[int, Box]] = []
     for _ in range(count):
@@ -121,7 +139,7 @@ def make_scene(rng: np.random.Generator, images: np.ndarray, labels: Sequence[in
 
 
 def generate_scenes(split: str = "train", kind: Kind = "single", count: int = 1000, size: int = 128,
-                    seed: int = 0) -> tuple[np.ndarray, list[list[tuple[int, Box]]]]:
+                    seed: int = 0, clutter: bool = False) -> tuple[np.ndarray, list[list[tuple[int, Box]]]]:
     """``count`` scenes from the embedded ``split`` in memory: uint8 (count, size, size) and each scene's items.
     The same scenes ``write_scenes`` writes for these arguments."""
     if count < 1:
@@ -130,17 +148,17 @@ def generate_scenes(split: str = "train", kind: Kind = "single", count: int = 10
     rng = np.random.Generator(np.random.PCG64(seed))
     canvases, items = np.zeros((count, size, size), np.uint8), []
     for k in range(count):
-        canvases[k], scene_items = make_scene(rng, ds.images, ds.targets, kind, size)
+        canvases[k], scene_items = make_scene(rng, ds.images, ds.targets, kind, size, clutter)
         items.append(scene_items)
     return canvases, items
 
 
 def write_scenes(out_dir: str | os.PathLike, split: str = "train", kind: Kind = "single", count: int = 1000,
-                 size: int = 128, seed: int = 0) -> Path:
+                 size: int = 128, seed: int = 0, clutter: bool = False) -> Path:
     """Write ``count`` scenes of the embedded ``split`` as PNGs under ``out_dir/images/`` and a COCO instances file
     ``out_dir/instances.json`` (written last: its presence means the set is whole); returns the JSON's path.
     Every file is written atomically. Errors: ``UserError`` for a bad argument or an unwritable folder."""
-    canvases, items = generate_scenes(split, kind, count, size, seed)
+    canvases, items = generate_scenes(split, kind, count, size, seed, clutter)
     out = Path(out_dir)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -156,8 +174,9 @@ def write_scenes(out_dir: str | os.PathLike, split: str = "train", kind: Kind = 
             annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": label + 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
     coco = {
-        "info": {"description": f"resnet50 scenes: {kind}, embedded Fashion-MNIST {split} split",
-                 "rule": "resnet50.scenes", "split": split, "kind": kind, "count": count, "size": size, "seed": seed},
+        "info": {"description": f"resnet50 scenes: {kind}{', cluttered' if clutter else ''}, embedded Fashion-MNIST "
+                                f"{split} split", "rule": "resnet50.scenes", "split": split, "kind": kind,
+                 "count": count, "size": size, "seed": seed, "clutter": clutter},
         "images": coco_images,
         "annotations": annotations,
         "categories": [{"id": c + 1, "name": name, "supercategory": "fashion"}
