@@ -199,8 +199,12 @@ def misclassified_csv(preds: Predictions, names: list[str], classes: list[str]) 
 
 # --- the pictures -----------------------------------------------------------------------------------------------
 
-def _short(name: str, n: int = 18) -> str:
-    return name if len(name) <= n else name[: n - 1] + "\u2026"
+def _short(name: str, n: int = 24) -> str:
+    """``name`` cut to ``n`` characters in the middle, so that names differing at either end stay apart."""
+    if len(name) <= n:
+        return name
+    head = (n - 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (n - 1 - head):]
 
 
 def plot_confusion(confusion, classes: list[str], title: str):
@@ -223,7 +227,10 @@ def plot_confusion(confusion, classes: list[str], title: str):
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         if k <= 60:
-            ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_font)
+            if k <= 8:  # slanted names read best; with more, upright ones keep clear of each other
+                ax.set_xticks(range(k), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_font)
+            else:
+                ax.set_xticks(range(k), labels, rotation=90, fontsize=tick_font)
             ax.set_yticks(range(k), labels, fontsize=tick_font)
         else:
             ax.set_xticks([])
