@@ -52,7 +52,8 @@ from .tensorboard import Board
 LOG_EVERY = 20  # optimiser steps between reads of the running figures (progress bar, finite check)
 
 # the command that continues each kind of run (last.pt's "kind")
-RESUME_COMMANDS = {"classifier": "resnet50 train", "detector": "resnet50 detect train"}
+RESUME_COMMANDS = {"classifier": "resnet50 train", "detector": "resnet50 detect train",
+                   "localizer": "resnet50 localize train"}
 
 # Options any resumed run may change: where and how long it runs and how it reads its data. Tasks add their own.
 MAY_CHANGE = frozenset({"run.time_limit", "run.max_steps", "run.checkpoint_every", "run.out", "run.name",
@@ -66,7 +67,7 @@ class TrainingDiverged(UserError):
 class Task(Protocol):
     """What a training task hands the engine (see the module docstring)."""
 
-    kind: str  # "classifier" | "detector": last.pt's kind, and the command that resumes it
+    kind: str  # "classifier" | "detector" | "localizer": last.pt's kind, and the command that resumes it
     best_key: str  # the row field best.safetensors follows ("val_top1", "val_map"); higher is better
     may_change: frozenset[str]  # "section.key" config fields a resume may change, beyond MAY_CHANGE
     model: nn.Module  # unwrapped, on the CPU; the engine moves and wraps it

@@ -1,0 +1,121 @@
+"""resnet50 localize train|evaluate|predict|export|demo: one object per image, its class and box (resnet50.localize)."""
+
+from __future__ import annotations
+
+from ..data.decode import MAX_PIXELS
+from ..detect.coco import CocoDataset
+from ..engine import elastic_restart
+from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
+from ..localize.evaluate import evaluate, load_localizer
+from ..localize.predict import export_onnx, locate_files
+from ..localize.train import RECIPES, LocalizeTrainConfig, resolve, resume_config, single_objects, train
+from ..predict import expand_inputs
+from . import add_config_flags, config_overrides, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("localize", help="object localisation: a classifier with box regression (train, evaluate, "
+                                        "predict, export, demo)",
+                       description="Single-object localisation as the ResNet paper's ILSVRC task: a ResNet classifier "
+                                   "with per-class (PCR) or class-agnostic (SCR) box regression, measured by top-1 / "
+                                   "top-5 localisation and GT-known localisation (IoU >= 0.5).")
+    lsub = p.add_subparsers(dest="localize_command", metavar="ACTION", required=True)
+    t = lsub.add_parser("train", help="train a localiser on a COCO folder with one box per image")
+    t.add_argument("--recipe", default="scenes", choices=list(RECIPES))
+    t.add_argument("--resume", default=None, metavar="RUN", help="a localisation run folder or last.pt to continue")
+    add_config_flags(t, LocalizeTrainConfig)
+    _common(t, run_train)
+    e = lsub.add_parser("evaluate", help="top-1 / top-5 / GT-known localisation and mean IoU on a COCO folder")
+    e.add_argument("--weights", required=True, help="a localiser's .safetensors or its run folder")
+    e.add_argument("--data", required=True, help="a COCO folder (one box per image) or its instances JSON")
+    e.add_argument("--batch-size", type=int, default=64)
+    _common(e, run_evaluate)
+    r = lsub.add_parser("predict", help="class and box per image file; PNGs with the box drawn")
+    r.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    r.add_argument("--weights", required=True, help="a localiser's .safetensors or its run folder")
+    r.add_argument("--out", default=None, help="folder for the pictures (box, label, score); default none")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (default 64 Mi)")
+    _common(r, run_predict)
+    x = lsub.add_parser("export", help="ONNX export (dynamic batch) with a parity check against eager")
+    x.add_argument("--weights", required=True)
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    _common(x, run_export)
+    d = lsub.add_parser("demo", help="single scenes (plain and cluttered) -> a localiser in 15 minutes -> figures")
+    d.add_argument("--out", default="runs")
+    d.add_argument("--init-weights", default=None, help="the classification demo's best.safetensors (default: from "
+                                                        "scratch)")
+    d.add_argument("--train-scenes", type=int, default=TRAIN_SCENES, help="per kind (plain, cluttered)")
+    d.add_argument("--val-scenes", type=int, default=VAL_SCENES, help="per kind")
+    for flag in ("epochs", "time_budget", "max_steps", "amp", "threads", "arch"):
+        d.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
+    _common(d, run_demo)
+
+
+def _common(p, func) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=func)
+
+
+def run_train(args) -> int:
+    overrides = config_overrides(args, LocalizeTrainConfig)
+    resume = args.resume or elastic_restart(resolve(args.recipe, overrides).run)
+    cfg, checkpoint = resume_config(resume, overrides) if resume else (resolve(args.recipe, overrides), None)
+    result = train(cfg, resume=checkpoint, progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json({k: v for k, v in result.items() if k != "history"})
+    else:
+        best = f"best val top-1 loc {result['best_top1_loc']:.2%}" if result["best_top1_loc"] >= 0 else "no validation"
+        print(f"done: {result['run_dir']}  {best}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    ckpt = load_localizer(args.weights)
+    ds = CocoDataset(args.data, in_chans=ckpt.config.in_chans)
+    negatives = single_objects(ds)
+    r = {"weights": args.weights, "data": str(ds.json_path), "images_without_box": negatives,
+         **evaluate(ckpt.model, ds, args.batch_size, progress=not args.no_progress)}
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"{r['images']} images of {r['data']}: top-1 loc {r['top1_loc']:.2%} (error {r['top1_loc_err']:.2%}), "
+          f"top-5 loc {r['top5_loc']:.2%}, GT-known loc {r['gt_known_loc']:.2%}, mean IoU {r['mean_iou']:.3f}, "
+          f"top-1 cls {r['top1_cls']:.2%}" + (f"; skipped {negatives} without a box" if negatives else ""))
+    return 0
+
+
+def run_predict(args) -> int:
+    found = locate_files(expand_inputs(args.inputs), load_localizer(args.weights), args.batch_size, args.out,
+                         args.max_pixels)
+    if args.json:
+        print_json([f.to_dict() for f in found])
+        return 0
+    for f in found:
+        print(f"{f.file}: error: {f.error}" if f.error else
+              f"{f.file}: {f.label} {f.score:.2f} box {f.box} (input px {f.box_input})" +
+              (f" -> {f.picture}" if f.picture else ""))
+    return 0
+
+
+def run_export(args) -> int:
+    r = export_onnx(load_localizer(args.weights).model, args.out)
+    print_json(r) if args.json else print(f"wrote {r['path']}" + (f"; ONNX Runtime vs eager: {r['parity']}"
+                                                                   if r["parity"] else ""))
+    return 0
+
+
+def run_demo(args) -> int:
+    overrides = {k: getattr(args, k) for k in ("epochs", "time_budget", "max_steps", "amp", "threads", "arch")
+                 if getattr(args, k) is not None}
+    s = run_localize_demo(args.out, args.init_weights, overrides, args.train_scenes, args.val_scenes,
+                          progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json(s)
+    else:
+        p, c = s["plain"], s["cluttered"]
+        print(f"localisation demo: plain top-1 loc {p['top1_loc']:.2%} (GT-known {p['gt_known_loc']:.2%}), cluttered "
+              f"{c['top1_loc']:.2%} ({c['gt_known_loc']:.2%}) after {s['train_seconds'] / 60:.1f} min; boxes drawn "
+              f"in {s['picture']}")
+    return 0
