@@ -76,7 +76,8 @@ def test_classification_report_equals_scikit_learn_on_awkward_cases():
     # the CSV carries the same numbers, exactly (repr of the floats)
     rows = list(csv.DictReader(io.StringIO(report.report_csv(report.classification_report(cm, names)))))
     assert [r["class"] for r in rows] == names + ["macro avg", "weighted avg", "accuracy"]
-    assert float(rows[0]["f1"]) == theirs["class 0"]["f1-score"] and int(rows[0]["support"]) == theirs["class 0"]["support"]
+    assert float(rows[0]["f1"]) == theirs["class 0"]["f1-score"]
+    assert int(rows[0]["support"]) == theirs["class 0"]["support"]
     assert float(rows[-1]["f1"]) == theirs["accuracy"]
 
 

@@ -70,7 +70,8 @@ def collate_indexed(items: list[Any]) -> IndexedBatch:
     good = [item for item in items if not isinstance(item, Skipped)]
     skipped = tuple(item for item in items if isinstance(item, Skipped))
     if not good:
-        return IndexedBatch(torch.empty(0), torch.empty(0, dtype=torch.int64), skipped, torch.empty(0, dtype=torch.int64))
+        none = torch.empty(0, dtype=torch.int64)
+        return IndexedBatch(torch.empty(0), none, skipped, none)
     return IndexedBatch(torch.stack([x for x, _, _ in good]), torch.tensor([int(y) for _, y, _ in good]), skipped,
                         torch.tensor([i for _, _, i in good], dtype=torch.int64))
 
