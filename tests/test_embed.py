@@ -137,6 +137,8 @@ def test_embed_bad_inputs_write_nothing(images, rgb_checkpoint, tmp_path):
     for args, msg in (((images, "--weights", detector, "--out", out_dir / "f.npy"), "holds a detector"),
                       ((images, "--weights", rgb_checkpoint, "--out", out_dir / "f.csv"), "end the name with .npy"),
                       ((images, "--weights", rgb_checkpoint, "--out", out_dir / "no" / "f.npy"), "does not exist"),
+                      ((images, "--weights", rgb_checkpoint, "--out", out_dir / "f.npy", "--device", "gpu0"),
+                       "is not a torch device"),
                       ((images / "broken.png", "--weights", rgb_checkpoint, "--out", out_dir / "f.npy"),
                        "no image could be read")):
         out = run("embed", *args, "--no-progress")

@@ -92,6 +92,12 @@ def embed_files(files: Sequence[str | os.PathLike], ckpt: Checkpoint, batch_size
     Decoding runs on ``workers`` threads, at most two batches ahead of the network (bounded memory)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} but this machine has no CUDA device; use --device cpu")
     model = ckpt.model.eval().to(device)
     transform = eval_transform(ckpt.preprocessing, ckpt.in_chans)
 
