@@ -65,6 +65,9 @@ class Indexed(Dataset):
         x, y = self.dataset[index]
         return x, y, index
 
+    def __repr__(self) -> str:
+        return repr(self.dataset)
+
 
 def collate_indexed(items: list[Any]) -> IndexedBatch:
     good = [item for item in items if not isinstance(item, Skipped)]
