@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from resnet50 import weights
-from resnet50.batch import batch_predict, start_ray
+from resnet50.batch_predict import batch_predict, start_ray
 from resnet50.data.formats import embedded_dataset
 from resnet50.data.transforms import Preprocessing
 from resnet50.files import write_json

@@ -15,7 +15,7 @@ import ray  # the 'ray' extra, installed by the 'test' extra
 import torch
 from PIL import Image
 
-from resnet50.batch import batch_predict
+from resnet50.batch_predict import batch_predict
 from resnet50.errors import UserError
 from resnet50.infer import create_backend, load_model
 from resnet50.predict import expand_inputs, predict_files, preprocess

@@ -7,7 +7,7 @@
                     requests in flight (/predict and v2 infer requests together)
     /v2/...         the Open Inference Protocol (KServe v2 REST, Triton's client speaks it): GET /v2, /v2/health/live,
                     /v2/health/ready, /v2/models/<name>[/versions/1], .../ready; POST .../infer with JSON tensors or
-                    the binary tensor extension. Inputs, outputs and encodings: ``resnet50.serve_v2``.
+                    the binary tensor extension. Inputs, outputs and encodings: ``resnet50.kserve_v2``.
 
 Flow of a request: the body is read whole, before the request takes an admission slot, within ``body_timeout_s``
 (408 past it: a slow or stalled upload holds no slot that other clients need) and a byte limit (413 past
@@ -56,7 +56,7 @@ from .data.decode import ImageDecodeError, ImageTooLarge
 from .data.transforms import eval_transform
 from .errors import UserError, require
 from .predict import class_names, label_rows, preprocess
-from .serve_v2 import ModelInfo, ProtocolError, encode_response, parse_request, server_metadata
+from .kserve_v2 import ModelInfo, ProtocolError, encode_response, parse_request, server_metadata
 from .weights import Checkpoint
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

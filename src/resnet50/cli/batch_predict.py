@@ -1,9 +1,9 @@
-"""resnet50 batch-predict: classify many images on Ray Data, locally or on a cluster, into Parquet (resnet50.batch)."""
+"""resnet50 batch-predict: classify many images on Ray Data, locally or on a cluster, into Parquet (resnet50.batch_predict)."""
 
 import sys
 
 from ..backends import BACKENDS
-from ..batch import FORMATS, batch_predict
+from ..batch_predict import FORMATS, batch_predict
 from ..data.decode import MAX_PIXELS
 from . import print_json
 
