@@ -18,7 +18,7 @@ from ..recipes import TrainConfig, flat_fields
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # Subcommand modules, in the order ``resnet50 --help`` lists them.
-COMMANDS = ("demo", "models", "summary", "convert", "train", "evaluate", "embed", "experiment", "predict", "batch-predict", "export", "quantize", "benchmark", "serve", "detect", "localize")
+COMMANDS = ("demo", "models", "summary", "convert", "train", "lr-find", "evaluate", "embed", "experiment", "predict", "batch-predict", "export", "quantize", "benchmark", "serve", "detect", "localize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,12 +75,16 @@ def load_localizer(path: str | os.PathLike) -> LocalizerCheckpoint:
         raise UserError(f"{p} is not a localiser's weights file ({type(e).__name__}); give the .safetensors a "
                         "localize run wrote") from None
     if meta.get("task") != "localizer":
-        what = "a detector's" if "detector" in meta.get("format", "") else \
-            "a classifier's" if meta.get("format", "").startswith("resnet50-toolkit") else "not a localiser's"
+        kind = meta.get("format", "") + " " + meta.get("schema", "")
+        what = "a detector's" if "detector" in kind else \
+            "a classifier's" if "resnet50-toolkit" in kind or tensors.keys() >= {"conv1.weight", "fc.weight"} \
+            else "not a localiser's"
         fix = {"a detector's": "; it is read by 'resnet50 detect predict'",
                "a classifier's": "; it is read by 'resnet50 predict', or start a localiser from it with "
                                  "'resnet50 localize train --init-weights'"}.get(what, "")
-        raise UserError(f"{p} holds {what} weights, not a localiser{fix}")
+        raise UserError(f"{p} holds {what} weights, not a localiser{fix}" if what != "not a localiser's" else
+                        f"{p} holds no localiser's weights (no task: localizer in its metadata); give the "
+                        ".safetensors a localize run wrote")
     model = Localizer(LocalizerConfig.from_dict(json.loads(meta["config"])))
     model.load_state_dict(tensors)
     return LocalizerCheckpoint(model.eval(), json.loads(meta["classes"]), meta.get("source", ""))

@@ -98,7 +98,7 @@ class Localizer(nn.Module):
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         c5 = self.body.forward_features(x)
         logits = self.body.forward_head(c5)
-        boxes = torch.sigmoid(self.box_head(c5).float()).reshape(len(images), -1, 4)
+        boxes = torch.sigmoid(self.box_head(c5).float()).reshape(images.shape[0], -1, 4)
         return logits, boxes.expand(-1, self.cfg.num_classes, -1)
 
 
