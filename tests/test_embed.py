@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from resnet50 import create_model, embed, weights
-from resnet50.data import TransformConfig, build_dataset, build_transform
+from resnet50.data import TransformConfig, build_dataset, build_transform, preprocess
 from resnet50.errors import UserError
-from resnet50.predict import preprocess
 
 from .helpers import make_idx_dataset
 

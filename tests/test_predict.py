@@ -14,13 +14,11 @@ from PIL import Image
 
 from resnet50 import create_model
 from resnet50.cli import main
+from resnet50.data.discover import expand_inputs
+from resnet50.data.transforms import preprocess
 from resnet50.infer import create_backend, load_model, softmax
-from resnet50.predict import (
-    expand_inputs,
-    imagenet_synsets_and_names,
-    predict_files,
-    preprocess,
-)
+from resnet50.labels import imagenet_synsets_and_names
+from resnet50.predict import predict_files
 from resnet50.weights import Preprocessing, save
 
 CLASSES = ["cat", "dog", "bird"]

@@ -9,9 +9,11 @@ from PIL import Image
 
 from resnet50 import create_model
 from resnet50.cli import main
+from resnet50.data.discover import expand_inputs
+from resnet50.data.transforms import preprocess
 from resnet50.errors import UserError
 from resnet50.infer import create_backend, load_model
-from resnet50.predict import expand_inputs, predict_files, preprocess
+from resnet50.predict import predict_files
 from resnet50.quantize import QUANTIZATION, quantize
 from resnet50.weights import Preprocessing, save
 

@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 
 from resnet50.batch_predict import batch_predict
+from resnet50.data.discover import expand_inputs
+from resnet50.data.transforms import preprocess
 from resnet50.errors import UserError
 from resnet50.infer import create_backend, load_model
-from resnet50.predict import expand_inputs, predict_files, preprocess
+from resnet50.predict import predict_files
 
 K = 3
 

@@ -15,9 +15,9 @@ Inputs (``input_format="auto"`` decides by the path):
                 first file's and read the column of the others as nulls), is refused in one line naming it, and
                 so is an input of zero rows. A null path, image or id is that row's error.
 
-Each actor decodes and preprocesses as the checkpoint says (``resnet50.predict.preprocess``, the same pixels as
-``predict`` and ``evaluate``) and runs one of our backends (``resnet50.infer.create_backend``). With embeddings
-the PyTorch model runs once per batch for both outputs: ``forward_features``, the global average pool
+Each actor decodes and preprocesses as the checkpoint says (``resnet50.data.transforms.preprocess``, the same
+pixels as ``predict`` and ``evaluate``) and runs one of our backends (``resnet50.infer.create_backend``). With
+embeddings the PyTorch model runs once per batch for both outputs: ``forward_features``, the global average pool
 (``forward_head(pre_logits=True)``: 2048-d for ResNet-50), then the classifier.
 
 Output columns: ``path`` (string), ``error`` (null, or why the image could not be read: such rows are counted,
@@ -45,11 +45,11 @@ import numpy as np
 import torch
 
 from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError
-from .data.transforms import eval_transform
+from .data.discover import expand_inputs
+from .data.transforms import eval_transform, preprocess
 from .data.webdataset import IMAGE_KEYS, expand_urls, is_url, read_shard
 from .errors import UserError, require
 from .infer import create_backend, load_model, resolve_backend, topk
-from .predict import class_names, expand_inputs, preprocess
 
 FORMATS = ("auto", "images", "list", "webdataset", "parquet")
 ID_COLUMNS = ("path", "key", "id", "file", "__key__")
@@ -241,7 +241,7 @@ class Predictor:
                  max_pixels: int = MAX_PIXELS, threads: int | None = None, device: str = "cpu") -> None:
         self.loaded = load_model(weights)
         self.k, self.max_pixels, self.embeddings = k, max_pixels, embeddings
-        self.names = class_names(self.loaded)
+        self.names = self.loaded.class_names()
         self.transform = eval_transform(self.loaded.preprocessing, self.loaded.in_chans)
         self.device = torch.device(device)
         self.pa = require("pyarrow", "batch inference on Ray Data")

@@ -41,15 +41,13 @@ from .errors import UserError, require
 from .model import create_model
 from .weights import Checkpoint, is_ours, load
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BF16_BACKENDS", "FP32_BACKENDS", "INT8_BACKENDS", "Backend", "InferenceModel",
-           "available_backends", "create_backend", "load_model", "physical_cores", "resolve_backend", "softmax",
-           "topk"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BF16_BACKENDS", "FP32_BACKENDS", "INT8_BACKENDS", "Backend",
+           "available_backends", "create_backend", "label_rows", "load_model", "physical_cores", "resolve_backend",
+           "softmax", "topk"]
 
 # ONNX Runtime first, eager always there (docs/benchmarks-inference.md gives the measured order).
 AUTO_ORDER = ("onnx", "eager")
 ONNX_INPUT, ONNX_OUTPUT = export.ONNX_INPUT, export.ONNX_OUTPUT
-
-InferenceModel = Checkpoint  # the name this module used before the record was unified
 
 
 # --- the model to run ----------------------------------------------------------------------------------------
@@ -120,12 +118,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet50"
 
 
-def onnx_file(loaded: InferenceModel) -> Path:
+def onnx_file(loaded: Checkpoint) -> Path:
     """The fp32 ONNX file of ``loaded``: its own when it came as ONNX, else exported once per checkpoint and size and
     cached (an export of ResNet-50 takes several seconds), or exported to a temporary file for random weights."""
     if loaded.onnx_path is not None:
         return loaded.onnx_path
-    if loaded.weights_id is None:  # random weights: one export per InferenceModel, removed with it
+    if loaded.weights_id is None:  # random weights: one export per Checkpoint, removed with it
         if loaded.exported is None or not loaded.exported.exists():
             tmp = tempfile.mkdtemp(prefix="resnet50-onnx-")
             weakref.finalize(loaded, shutil.rmtree, tmp, True)
@@ -142,7 +140,7 @@ def onnx_file(loaded: InferenceModel) -> Path:
 
 # --- backends ------------------------------------------------------------------------------------------------
 
-def resolve_backend(name: str, loaded: InferenceModel) -> str:
+def resolve_backend(name: str, loaded: Checkpoint) -> str:
     """Check ``name`` against the choices and the model; ``auto`` becomes the fastest available."""
     if name == "auto":
         if loaded.quantization or loaded.onnx_path is not None:
@@ -170,7 +168,7 @@ def resolve_backend(name: str, loaded: InferenceModel) -> str:
     return name
 
 
-def create_backend(name: str, loaded: InferenceModel, threads: int | None = None) -> Backend:
+def create_backend(name: str, loaded: Checkpoint, threads: int | None = None) -> Backend:
     """The backend ``name`` (or ``auto``) for ``loaded``; fp32 ONNX backends export the PyTorch model first
     (cached). Its dependency was checked by :func:`resolve_backend` (installed, not yet imported)."""
     name = resolve_backend(name, loaded)
@@ -199,3 +197,11 @@ def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, probs.shape[1])
     idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return idx, np.take_along_axis(probs, idx, axis=1)
+
+
+def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
+    """:func:`topk` as rows of ``{"rank", "index", "label", "probability"}``, highest first; the label is the class
+    name (``Checkpoint.class_names()``) or, without names, the index."""
+    idx, probs = topk(logits, k)
+    return [[{"rank": r + 1, "index": int(i), "label": names[i] if names else str(int(i)), "probability": float(p)}
+             for r, (i, p) in enumerate(zip(row_i, row_p))] for row_i, row_p in zip(idx, probs)]

@@ -3,8 +3,8 @@
 Preprocessing is the checkpoint's own (``Preprocessing``: resize the shorter side, centre crop, scale to 0..1,
 normalise) through the data package's ``decode_image`` and transforms, so prediction sees exactly what evaluation
 sees. Images become mode L for ``in_chans=1`` models and RGB otherwise (alpha composited on white; rules in
-``resnet50.data.decode``). Class names: the checkpoint's list; for 1000-class weights without one (imported
-torchvision/timm/Keras ImageNet weights) the bundled ImageNet-1k names (``imagenet_classes.txt``); else indices.
+``resnet50.data.decode``). Class names: ``Checkpoint.class_names()`` (the checkpoint's list; for 1000-class
+weights without one the bundled ImageNet-1k names, ``imagenet_classes.txt``; else indices).
 
 A file that cannot be decoded (not an image, truncated, a decompression bomb) is reported with its reason and the
 rest of its batch still runs. Decoding runs on a thread pool, overlapping the backend's work on the previous batch.
@@ -13,7 +13,6 @@ rest of its batch still runs. Decoding runs on a thread pool, overlapping the ba
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
 from collections import deque
@@ -28,64 +27,12 @@ from tqdm import tqdm
 
 from .backends import Backend
 from .cam import cam, draw_overlay
-from .data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, decode_image
-from .data.discover import find_images, is_hidden
-from .data.transforms import Compose, eval_transform
+from .data.decode import MAX_PIXELS, ImageDecodeError, decode_image
+from .data.transforms import eval_transform, preprocess
 from .errors import UserError
 from .files import atomic_path, output_dir
-from .infer import topk
-from .labels import imagenet_synsets_and_names
+from .infer import label_rows
 from .weights import Checkpoint
-
-
-def class_names(loaded: Checkpoint) -> list[str] | None:
-    if loaded.classes:
-        return list(loaded.classes)
-    if loaded.num_classes == 1000:
-        return list(imagenet_synsets_and_names()[1])
-    return None
-
-
-# --- inputs -----------------------------------------------------------------------------------------------------
-
-def expand_inputs(specs: Sequence[str | os.PathLike], skipped: list | None = None) -> list[Path]:
-    """Files, folders and glob patterns -> a list of files. A named file is kept whatever its extension (it is
-    reported if it does not decode); a folder contributes its image files by the data package's one discovery rule
-    (``data.discover``: hidden files and folders skipped, links followed once); links it skips are appended to
-    ``skipped``. A pattern's matches are filtered by the same rule."""
-    files: list[Path] = []
-    for spec in specs:
-        s = str(spec)
-        p = Path(s)
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            found, links = find_images(p)
-            if skipped is not None:
-                skipped.extend(links)
-            if not found:
-                raise UserError(f"folder {p} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            files += found
-        elif any(c in s for c in "*?["):
-            found = sorted(Path(q) for q in glob.glob(s, recursive=True)
-                           if Path(q).is_file() and not is_hidden(Path(q).name))
-            if not found:
-                raise UserError(f"pattern {s!r} matches no files; check it (quote it so the shell leaves it to us)")
-            files += found
-        else:
-            raise UserError(f"{s} does not exist; give image files, folders or glob patterns")
-    if not files:
-        raise UserError("no input images given")
-    return files
-
-
-def preprocess(source: bytes | str | os.PathLike, loaded: Checkpoint, transform: Compose | None = None,
-               max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
-    """One image (bytes or a path) -> float32 C x H x W, as the model expects. Raises ImageDecodeError."""
-    # Full decoding (no reduced-scale JPEG draft): the same pixels evaluation sees, whose default is the same.
-    img = decode_image(source, loaded.in_chans, max_pixels=max_pixels, name=name)
-    transform = transform or eval_transform(loaded.preprocessing, loaded.in_chans)
-    return transform(img).numpy()
 
 
 # --- prediction ---------------------------------------------------------------------------------------------
@@ -103,12 +50,6 @@ class Prediction:
         return {"file": self.file, "predictions": self.top, **({"cam": self.cam} if self.cam else {})}
 
 
-def label_rows(logits: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
-    idx, probs = topk(logits, k)
-    return [[{"rank": r + 1, "index": int(i), "label": names[i] if names else str(int(i)), "probability": float(p)}
-             for r, (i, p) in enumerate(zip(row_i, row_p))] for row_i, row_p in zip(idx, probs)]
-
-
 def predict_files(files: Sequence[Path], loaded: Checkpoint, backend: Backend, k: int = 5, batch_size: int = 16,
                   max_pixels: int = MAX_PIXELS, progress: bool = False, workers: int = 2) -> list[Prediction]:
     """Top-``k`` predictions for each file, in the order given; failures are Predictions with ``error`` set."""
@@ -116,7 +57,7 @@ def predict_files(files: Sequence[Path], loaded: Checkpoint, backend: Backend, k
         raise UserError(f"--topk must be >= 1, got {k}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    names = class_names(loaded)
+    names = loaded.class_names()
     transform = eval_transform(loaded.preprocessing, loaded.in_chans)
 
     def load(path: Path):
@@ -172,7 +113,7 @@ def add_cams(results: list[Prediction], loaded: Checkpoint, out_dir: str | os.Pa
     an overlay PNG each in ``out_dir`` (heatmap, box, label and score, on the image as the model saw it) and, in
     each result's ``cam``, the box by the CAM paper's rule in input pixels and in the original image's pixels."""
     out = check_cam(loaded, out_dir)
-    names = class_names(loaded)
+    names = loaded.class_names()
     transform = eval_transform(loaded.preprocessing, loaded.in_chans)
     mean = torch.tensor(loaded.preprocessing.mean)[:, None, None]
     std = torch.tensor(loaded.preprocessing.std)[:, None, None]

@@ -36,13 +36,13 @@ from tqdm import tqdm
 from .backends import OnnxRuntimeBackend
 from .cpu import has_vnni
 from .data.decode import ImageDecodeError
-from .data.transforms import eval_transform
+from .data.discover import expand_inputs
+from .data.transforms import eval_transform, preprocess
 from .errors import UserError, require
 from .export import ONNX_INPUT
 from .files import atomic_path, output_file
 from .infer import create_backend, load_model, onnx_file
 from .labels import class_mapping, model_class_keys
-from .predict import expand_inputs, preprocess
 from .weights import Checkpoint
 
 CALIB_METHODS = ("minmax", "percentile")

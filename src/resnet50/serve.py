@@ -53,9 +53,9 @@ import numpy as np
 
 from .backends import Backend
 from .data.decode import ImageDecodeError, ImageTooLarge
-from .data.transforms import eval_transform
+from .data.transforms import eval_transform, preprocess
 from .errors import UserError, require
-from .predict import class_names, label_rows, preprocess
+from .infer import label_rows
 from .kserve_v2 import ModelInfo, ProtocolError, encode_response, parse_request, server_metadata
 from .weights import Checkpoint
 
@@ -340,7 +340,7 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     from starlette.routing import Route
 
     metrics = Metrics(cfg.max_batch)
-    names = class_names(loaded)
+    names = loaded.class_names()
     transform = eval_transform(loaded.preprocessing, loaded.in_chans)
     body_limit = int(cfg.max_body_mb * 1024 * 1024)
     state: dict = {}

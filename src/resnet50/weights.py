@@ -41,7 +41,7 @@ from torch import Tensor
 from .data.transforms import Preprocessing
 from .errors import UserError
 from .files import atomic_path, output_file
-from .labels import class_mapping
+from .labels import class_mapping, imagenet_synsets_and_names
 from .model import ResNet, ResNetConfig, arch_name, model_config
 from .published import fetch, is_published_name
 from .published import get as published_entry
@@ -89,6 +89,15 @@ class Checkpoint:
     def size(self) -> int:
         """The input height and width in pixels (the preprocessing's crop)."""
         return self.preprocessing.crop
+
+    def class_names(self) -> list[str] | None:
+        """The names in output order: the checkpoint's list; for 1000-class weights without one (imported
+        torchvision/timm/Keras ImageNet weights) the bundled ImageNet-1k names; else None (report indices)."""
+        if self.classes:
+            return list(self.classes)
+        if self.num_classes == 1000:
+            return list(imagenet_synsets_and_names()[1])
+        return None
 
     def metadata(self) -> dict[str, str]:
         """The one metadata schema, written into every file we make (safetensors, ONNX metadata_props,

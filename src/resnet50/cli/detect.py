@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..data.decode import MAX_PIXELS
+from ..data.discover import expand_inputs
 from ..detect.checkpoint import load_detector
 from ..detect.demo import TRAIN_SCENES, VAL_SCENES, run_detect_demo
 from ..detect.evaluate import evaluate_weights
 from ..detect.predict import detect_files
 from ..detect.train import RECIPES, DetectTrainConfig, resolve, resume_config, train
 from ..engine import elastic_restart
-from ..predict import expand_inputs
 from . import add_config_flags, config_overrides, print_json
 
 

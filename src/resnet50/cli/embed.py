@@ -3,8 +3,8 @@
 import sys
 
 from ..data.decode import MAX_PIXELS
+from ..data.discover import expand_inputs
 from ..embed import check_out, embed_files, load_classifier, save_embeddings
-from ..predict import expand_inputs
 from . import print_json
 
 

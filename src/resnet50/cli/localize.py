@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..data.decode import MAX_PIXELS
+from ..data.discover import expand_inputs
 from ..detect.coco import CocoDataset
 from ..engine import elastic_restart
 from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
 from ..localize.evaluate import evaluate, load_localizer
 from ..localize.predict import export_onnx, locate_files
 from ..localize.train import RECIPES, LocalizeTrainConfig, resolve, resume_config, single_objects, train
-from ..predict import expand_inputs
 from . import add_config_flags, config_overrides, print_json
 
 

@@ -4,8 +4,9 @@ import sys
 
 from ..backends import BACKENDS
 from ..data.decode import MAX_PIXELS
+from ..data.discover import expand_inputs
 from ..infer import create_backend, load_model
-from ..predict import add_cams, check_cam, expand_inputs, predict_files, to_csv, to_text
+from ..predict import add_cams, check_cam, predict_files, to_csv, to_text
 from . import print_json
 
 

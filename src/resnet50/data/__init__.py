@@ -52,6 +52,7 @@ from .transforms import (
     default_transform_config,
     eval_transform,
     hflip,
+    preprocess,
 )
 from .webdataset import WebDataset, expand_braces, expand_urls
 
@@ -62,5 +63,5 @@ __all__ = [
     "RandomResizedCrop", "Resize", "ResumableSampler", "Skipped", "TenCrop", "ToTensor", "TransformConfig",
     "WebDataset", "build_dataset", "build_loader", "build_transform", "collate", "decode_image",
     "default_transform_config", "detect_format", "eval_transform", "embedded_dataset", "expand_braces", "expand_urls", "hflip",
-    "holdout_split", "load_pickle", "read_idx", "to_mode",
+    "holdout_split", "load_pickle", "preprocess", "read_idx", "to_mode",
 ]

@@ -6,13 +6,18 @@
 - Links are followed, but each real file is taken once and each real folder entered once: a link back to a parent
   (a loop) or a second link to the same file is skipped and reported, never walked forever or counted twice.
 - Results are sorted by path, so every command sees the same files in the same order.
+
+``expand_inputs`` applies the rule to a command's inputs: files, folders and glob patterns.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import UserError
 from .decode import IMAGE_EXTENSIONS, Skipped
 
 
@@ -72,3 +77,33 @@ def find_images(folder: str | os.PathLike, recursive: bool = True,
                 seen_files.add(real)
                 files.append(path)
     return sorted(files), skipped
+
+
+def expand_inputs(specs: Sequence[str | os.PathLike], skipped: list | None = None) -> list[Path]:
+    """Files, folders and glob patterns (a command's inputs) -> a list of files. A named file is kept whatever its
+    extension (it is reported if it does not decode); a folder contributes its image files by :func:`find_images`'s
+    rule; links it skips are appended to ``skipped``. A pattern's matches are filtered by the same rule."""
+    files: list[Path] = []
+    for spec in specs:
+        s = str(spec)
+        p = Path(s)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found, links = find_images(p)
+            if skipped is not None:
+                skipped.extend(links)
+            if not found:
+                raise UserError(f"folder {p} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif any(c in s for c in "*?["):
+            found = sorted(Path(q) for q in glob.glob(s, recursive=True)
+                           if Path(q).is_file() and not is_hidden(Path(q).name))
+            if not found:
+                raise UserError(f"pattern {s!r} matches no files; check it (quote it so the shell leaves it to us)")
+            files += found
+        else:
+            raise UserError(f"{s} does not exist; give image files, folders or glob patterns")
+    if not files:
+        raise UserError("no input images given")
+    return files

@@ -21,6 +21,7 @@ Crops, flips and TenCrop also accept tensors (..., H, W), for test-time augmenta
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .augment import RandomErasing, build_auto_augment
+from .decode import MAX_PIXELS, decode_image
 from .stats import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -193,6 +195,17 @@ def eval_transform(pre: Preprocessing, in_chans: int, *, ten_crop: bool = False)
     """The one evaluation pipeline: PIL image -> normalised (C, crop, crop) tensor, or (10, C, crop, crop) with
     ``ten_crop`` (the paper's 10-crop testing)."""
     return build_transform(pre.transform_config(in_chans), train=False, ten_crop=ten_crop)
+
+
+def preprocess(source: bytes | str | os.PathLike, loaded: Any, transform: Compose | None = None,
+               max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """One image (bytes or a path) -> float32 C x H x W, as the model ``loaded`` expects (any record with
+    ``preprocessing`` and ``in_chans``: ``weights.Checkpoint``); ``transform`` is its :func:`eval_transform`, built
+    once by callers with many images. Raises ImageDecodeError."""
+    # Full decoding (no reduced-scale JPEG draft): the same pixels evaluation sees, whose default is the same.
+    img = decode_image(source, loaded.in_chans, max_pixels=max_pixels, name=name)
+    transform = transform or eval_transform(loaded.preprocessing, loaded.in_chans)
+    return transform(img).numpy()
 
 
 def default_transform_config(dataset: Any, image_size: int | None = None) -> TransformConfig:
