@@ -16,9 +16,8 @@ from tritonclient.utils import InferenceServerException
 from resnet50 import create_model
 from resnet50.data.decode import decode_image
 from resnet50.data.transforms import eval_transform
-from resnet50.infer import EagerBackend, load_model
+from resnet50.infer import EagerBackend, load_model, softmax
 from resnet50.serve import BackgroundServer, ServeConfig
-from resnet50.kserve_v2 import softmax
 from resnet50.weights import Preprocessing, save
 
 from .test_serve import encoded, metric

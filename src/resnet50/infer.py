@@ -43,7 +43,7 @@ from .weights import Checkpoint, is_ours, load
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BF16_BACKENDS", "FP32_BACKENDS", "INT8_BACKENDS", "Backend",
            "available_backends", "create_backend", "label_rows", "load_model", "physical_cores", "resolve_backend",
-           "softmax", "topk"]
+           "softmax", "top_indices", "topk"]
 
 # ONNX Runtime first, eager always there (docs/benchmarks-inference.md gives the measured order).
 AUTO_ORDER = ("onnx", "eager")
@@ -191,11 +191,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """The one top-k ordering: the indices (N x k) of each row's ``k`` highest scores, highest first; ties broken
+    by the lower index."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :min(k, scores.shape[1])]
+
+
 def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, probabilities), each N x k, highest first; ties broken by the lower index."""
+    """(indices, probabilities), each N x k, highest first (:func:`top_indices` of the softmax, in float64)."""
     probs = softmax(logits.astype(np.float64))
-    k = min(k, probs.shape[1])
-    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    idx = top_indices(probs, k)
     return idx, np.take_along_axis(probs, idx, axis=1)
 
 

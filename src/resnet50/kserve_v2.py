@@ -24,7 +24,7 @@ A ``classification`` parameter k on ``logits`` or ``probabilities`` (Triton's cl
 Binary data: an input whose ``parameters`` carry ``binary_data_size`` takes its bytes from after the JSON header
 (``Inference-Header-Content-Length``), in input order; outputs are returned binary when their ``binary_data``
 parameter, or the request's ``binary_data_output``, is true. Binary BYTES elements are a 4-byte little-endian
-length then the bytes. Every malformed request is a :class:`ProtocolError` (4xx) whose body is ``{"error": ...}``.
+length then the bytes. Every malformed request is an :class:`HTTPError` (4xx) whose body is ``{"error": ...}``.
 An FP32 input holding NaN or Inf is malformed (400 naming the input and the first such element): JSON has no
 spelling for them, and a model fed them answers NaN; an answer that is not finite (huge but finite inputs) is
 refused the same way, so a response is always strict JSON.
@@ -41,14 +41,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from .infer import softmax, top_indices
 
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 OUTPUTS = ("logits", "probabilities", "label")
 
 
-class ProtocolError(Exception):
-    """A request the protocol refuses: HTTP ``status`` (4xx) with ``{"error": message}``."""
+class HTTPError(Exception):
+    """A request the server refuses: HTTP ``status`` with ``{"error": message}``. The one error type of
+    ``resnet50.serve`` and this codec (defined here, below the server, which imports it)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -103,8 +105,8 @@ class InferRequest:
         return len(self.images) if self.images is not None else len(self.tensor)
 
 
-def _bad(message: str) -> ProtocolError:
-    return ProtocolError(400, message)
+def _bad(message: str) -> HTTPError:
+    return HTTPError(400, message)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
@@ -160,7 +162,7 @@ def _bytes_elements(raw: memoryview, count: int) -> list[bytes]:
 
 
 def parse_request(body: bytes, header_length: str | None, model: ModelInfo, max_images: int) -> InferRequest:
-    """A request body (JSON, or JSON then binary tensors) -> :class:`InferRequest`; raises ProtocolError (400)."""
+    """A request body (JSON, or JSON then binary tensors) -> :class:`InferRequest`; raises HTTPError (400)."""
     doc, binary = _split_body(body, header_length)
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -269,24 +271,18 @@ def _requested_outputs(doc: dict, model: ModelInfo) -> list[Output]:
     return out
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _label(model: ModelInfo, i: int) -> str:
     return model.labels[i] if model.labels else str(i)
 
 
 def _output_tensor(o: Output, logits: np.ndarray, model: ModelInfo) -> tuple[str, list[int], np.ndarray | list[str]]:
-    values = softmax(logits) if o.name == "probabilities" else logits.astype(np.float32)
+    values = (softmax(logits.astype(np.float64)) if o.name == "probabilities" else logits).astype(np.float32)
     if o.name == "label":
-        top = values.argmax(axis=1)
+        top = top_indices(values, 1)[:, 0]
         return "BYTES", [len(top)], [_label(model, int(i)) for i in top]
     if o.classification:
         k = o.classification
-        order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        order = top_indices(values, k)
         rows = [f"{values[r, i]:f}:{int(i)}:{_label(model, int(i))}" for r in range(len(values)) for i in order[r]]
         return "BYTES", [len(values), k], rows
     return "FP32", list(values.shape), values
@@ -298,7 +294,7 @@ def encode_response(req: InferRequest, logits: np.ndarray, model: ModelInfo) -> 
     if not np.isfinite(logits).all():
         bad = sorted({int(i) for i in np.argwhere(~np.isfinite(logits))[:, 0]})
         if req.tensor is None:
-            raise ProtocolError(500, f"the model's logits for image(s) {bad} are not finite")
+            raise HTTPError(500, f"the model's logits for image(s) {bad} are not finite")
         peak = float(np.abs(req.tensor[bad]).max())
         raise _bad(f"input 'input': the model's logits for image(s) {bad} are not finite (the input reaches "
                    f"|x| = {peak:g}; preprocessed values are a few units around 0)")

@@ -52,11 +52,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from .backends import Backend
-from .data.decode import ImageDecodeError, ImageTooLarge
+from .data.decode import MAX_PIXELS, ImageDecodeError, ImageTooLarge
 from .data.transforms import eval_transform, preprocess
 from .errors import UserError, require
 from .infer import label_rows
-from .kserve_v2 import ModelInfo, ProtocolError, encode_response, parse_request, server_metadata
+from .kserve_v2 import HTTPError, ModelInfo, encode_response, parse_request, server_metadata
 from .weights import Checkpoint
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -70,7 +70,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_concurrency: int = 64
     max_body_mb: float = 20.0
-    max_pixels: int = 50_000_000  # a 50-megapixel photo passes; more is refused before decoding
+    max_pixels: int = MAX_PIXELS  # the data package's one limit (64 Mi): more is refused before decoding
     topk: int = 5
     decode_threads: int = 2
     model_name: str = ""  # the v2 model name; default: the checkpoint's architecture
@@ -131,12 +131,6 @@ def read_token(path: str) -> str:
         raise UserError(f"--token-file {path}: holds {'no token' if not token else 'spaces or control characters'}; "
                         "write one printable token without spaces")
     return token
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------
@@ -376,7 +370,7 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
             response = await handle(request, body)
             status = response.status_code
             return response
-        except (HTTPError, ProtocolError) as e:
+        except HTTPError as e:
             status = e.status
             return JSONResponse({"error": e.message}, status_code=e.status)
         except Exception as e:  # a bug or a backend failure: still JSON, still counted
@@ -402,9 +396,9 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     def v2_model(request) -> None:
         name, version = request.path_params["name"], request.path_params.get("version")
         if name != info.name:
-            raise ProtocolError(404, f"unknown model {name!r}; this server serves {info.name!r}")
+            raise HTTPError(404, f"unknown model {name!r}; this server serves {info.name!r}")
         if version is not None and version != "1":
-            raise ProtocolError(404, f"model {name!r} has no version {version!r}; it has version 1")
+            raise HTTPError(404, f"model {name!r} has no version {version!r}; it has version 1")
 
     async def handle_v2_infer(request, body):
         req = parse_request(body, request.headers.get("inference-header-content-length"), info,
@@ -441,14 +435,14 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
     async def v2_metadata(request):
         try:
             v2_model(request)
-        except ProtocolError as e:
+        except HTTPError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
         return JSONResponse(info.metadata())
 
     async def v2_model_ready(request):
         try:
             v2_model(request)
-        except ProtocolError as e:
+        except HTTPError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
         return await v2_ready(request)
 
