@@ -42,6 +42,7 @@ import numpy as np
 
 from . import __version__
 from .infer import softmax, top_indices
+from .weights import Checkpoint
 
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -67,6 +68,12 @@ class ModelInfo:
     size: int
     labels: list[str] | None
     num_classes: int
+
+    @classmethod
+    def of(cls, loaded: Checkpoint, platform: str, name: str = "") -> ModelInfo:
+        """The model ``loaded`` as served under ``name`` (default: its architecture)."""
+        return cls(name or loaded.arch, platform, loaded.in_chans, loaded.size, loaded.class_names(),
+                   loaded.num_classes)
 
     def metadata(self) -> dict:
         """The model metadata response ($metadata_model_response)."""

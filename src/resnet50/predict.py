@@ -34,7 +34,6 @@ from .files import atomic_path, output_dir
 from .infer import label_rows
 from .weights import Checkpoint
 
-
 # --- prediction ---------------------------------------------------------------------------------------------
 
 @dataclass

@@ -325,32 +325,70 @@ async def _image_bytes(request, body: bytes, limit: int) -> bytes:
     return body
 
 
-def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
-    """The Starlette application (the batching thread starts and stops with it)."""
-    require("starlette", "resnet50 serve")
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
+def _json(content: dict, status: int = 200, headers: dict | None = None):
+    from starlette.responses import JSONResponse
 
-    metrics = Metrics(cfg.max_batch)
-    names = loaded.class_names()
-    transform = eval_transform(loaded.preprocessing, loaded.in_chans)
-    body_limit = int(cfg.max_body_mb * 1024 * 1024)
-    state: dict = {}
+    return JSONResponse(content, status_code=status, headers=headers)
 
-    def prepare(data: bytes) -> np.ndarray:
+
+class Server:
+    """One loaded model behind the routes: its metrics, batcher, decode pool and v2 model info, one method per
+    route. The decode pool and the batching thread start and stop with the application (``lifespan``)."""
+
+    def __init__(self, loaded: Checkpoint, backend: Backend, cfg: ServeConfig) -> None:
+        self.loaded, self.backend, self.cfg = loaded, backend, cfg
+        self.metrics = Metrics(cfg.max_batch)
+        self.names = loaded.class_names()
+        self.transform = eval_transform(loaded.preprocessing, loaded.in_chans)
+        self.body_limit = int(cfg.max_body_mb * 1024 * 1024)
+        self.info = ModelInfo.of(loaded, f"resnet50_{backend.name}", cfg.model_name)
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.batcher: Batcher | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.cfg.decode_threads, "resnet50-decode")
+        self.batcher = Batcher(self.backend, self.cfg.max_batch, self.cfg.max_wait_ms / 1e3, self.metrics)
+        try:
+            yield
+        finally:
+            self.batcher.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def routes(self) -> list:
+        from starlette.routing import Route
+
+        v2 = [Route("/v2", self.v2_server), Route("/v2/health/live", self.v2_live),
+              Route("/v2/health/ready", self.v2_ready)]
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            v2 += [Route(base, self.v2_metadata), Route(base + "/ready", self.v2_model_ready),
+                   Route(base + "/infer", self.v2_infer, methods=["POST"])]
+        return [Route("/predict", self.predict, methods=["POST"]), Route("/health", self.health),
+                Route("/metrics", self.prometheus), *v2]
+
+    # --- the image to a tensor, and each request's accounting -------------------------------------------------
+
+    def prepare(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> the model's input (on the decode pool): 400 unreadable, 413 too many pixels."""
         if not data:
             raise HTTPError(400, "empty body; send the image bytes")
+        max_pixels = self.cfg.max_pixels
         try:
-            return preprocess(data, loaded, transform, max_pixels=cfg.max_pixels, name="request body")
+            return preprocess(data, self.loaded, self.transform, max_pixels=max_pixels, name="request body")
         except ImageTooLarge as e:  # refused from the header, before any pixel is decoded
-            raise HTTPError(413, f"image of {e.pixels} pixels exceeds --max-pixels {cfg.max_pixels} "
+            raise HTTPError(413, f"image of {e.pixels} pixels exceeds --max-pixels {max_pixels} "
                                  "(decompression bomb guard)") from None
         except ImageDecodeError as e:
             raise HTTPError(400, f"not a readable image: {e.reason}") from None
 
-    async def counted(handle, request, check=None):
+    def prepare_nth(self, i: int, count: int, data: bytes) -> np.ndarray:
+        """:meth:`prepare` for image ``i`` of a v2 request of ``count``, its errors naming it."""
+        try:
+            return self.prepare(data)
+        except HTTPError as e:
+            raise HTTPError(e.status, f"image {i} of {count}: {e.message}") from None
+
+    async def counted(self, handle, request, check=None):
         """``check(request)`` (the route's own 404s), the body read whole (``_read_body``) before admission so a
         slow upload holds no slot, admission (at most --max-concurrency requests in flight, else 503 with
         Retry-After), one JSON error body per failure (the protocol's {"error": ...} on both routes), and the
@@ -360,122 +398,115 @@ def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
         try:
             if check is not None:
                 check(request)
-            body = await _read_body(request, body_limit, cfg.body_timeout_s)
-            if metrics.in_flight >= cfg.max_concurrency:
+            body = await _read_body(request, self.body_limit, self.cfg.body_timeout_s)
+            if self.metrics.in_flight >= self.cfg.max_concurrency:
                 status = 503
-                return JSONResponse({"error": f"server busy: {cfg.max_concurrency} requests in flight; retry"},
-                                    status_code=503, headers={"Retry-After": "1"})
-            metrics.in_flight += 1
+                return _json({"error": f"server busy: {self.cfg.max_concurrency} requests in flight; retry"},
+                             503, {"Retry-After": "1"})
+            self.metrics.in_flight += 1
             admitted = True
             response = await handle(request, body)
             status = response.status_code
             return response
         except HTTPError as e:
             status = e.status
-            return JSONResponse({"error": e.message}, status_code=e.status)
+            return _json({"error": e.message}, e.status)
         except Exception as e:  # a bug or a backend failure: still JSON, still counted
-            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+            return _json({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
         finally:
             if admitted:
-                metrics.in_flight -= 1
-            metrics.request(status, time.perf_counter() - start)
+                self.metrics.in_flight -= 1
+            self.metrics.request(status, time.perf_counter() - start)
 
-    async def handle_predict(request, body):
-        data = await _image_bytes(request, body, body_limit)
-        loop = asyncio.get_running_loop()
-        x = await loop.run_in_executor(state["decode_pool"], prepare, data)
-        row, batch = await asyncio.wrap_future(state["batcher"].submit(x))
-        return JSONResponse({"predictions": label_rows(row[None, :], cfg.topk, names)[0], "batch": batch})
+    # --- /predict, /health, /metrics --------------------------------------------------------------------------
 
-    async def predict(request):
-        return await counted(handle_predict, request)
+    async def predict(self, request):
+        return await self.counted(self._predict, request)
 
-    info = ModelInfo(cfg.model_name or loaded.arch, f"resnet50_{backend.name}", loaded.in_chans, loaded.size, names,
-                     loaded.num_classes)
+    async def _predict(self, request, body: bytes):
+        data = await _image_bytes(request, body, self.body_limit)
+        x = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, data)
+        row, batch = await asyncio.wrap_future(self.batcher.submit(x))
+        return _json({"predictions": label_rows(row[None, :], self.cfg.topk, self.names)[0], "batch": batch})
 
-    def v2_model(request) -> None:
+    async def health(self, request):
+        loaded = self.loaded
+        return _json({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes,
+                      "backend": self.backend.name, "input": [loaded.in_chans, loaded.size, loaded.size],
+                      "settings": self.cfg.settings()})
+
+    async def prometheus(self, request):
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # --- the Open Inference Protocol (KServe v2) --------------------------------------------------------------
+
+    def check_model(self, request) -> None:
+        """404 unless the path names this model (and version 1, if a version)."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        if name != info.name:
-            raise HTTPError(404, f"unknown model {name!r}; this server serves {info.name!r}")
+        if name != self.info.name:
+            raise HTTPError(404, f"unknown model {name!r}; this server serves {self.info.name!r}")
         if version is not None and version != "1":
             raise HTTPError(404, f"model {name!r} has no version {version!r}; it has version 1")
 
-    async def handle_v2_infer(request, body):
-        req = parse_request(body, request.headers.get("inference-header-content-length"), info,
-                            cfg.max_request_images)
+    async def v2_infer(self, request):
+        return await self.counted(self._v2_infer, request, check=self.check_model)
+
+    async def _v2_infer(self, request, body: bytes):
+        from starlette.responses import Response
+
+        req = parse_request(body, request.headers.get("inference-header-content-length"), self.info,
+                            self.cfg.max_request_images)
         if req.images is not None:
             loop = asyncio.get_running_loop()
-
-            def prepare_nth(i: int) -> np.ndarray:
-                try:
-                    return prepare(req.images[i])
-                except HTTPError as e:
-                    raise HTTPError(e.status, f"image {i} of {req.count}: {e.message}") from None
-            xs = await asyncio.gather(*(loop.run_in_executor(state["decode_pool"], prepare_nth, i)
-                                        for i in range(req.count)))
+            xs = await asyncio.gather(*(loop.run_in_executor(self.pool, self.prepare_nth, i, req.count, data)
+                                        for i, data in enumerate(req.images)))
         else:
             xs = list(req.tensor)
-        rows = await asyncio.gather(*(asyncio.wrap_future(state["batcher"].submit(x)) for x in xs))
-        content, headers = encode_response(req, np.stack([row for row, _ in rows]), info)
+        rows = await asyncio.gather(*(asyncio.wrap_future(self.batcher.submit(x)) for x in xs))
+        content, headers = encode_response(req, np.stack([row for row, _ in rows]), self.info)
         return Response(content, headers=headers)
 
-    async def v2_infer(request):
-        return await counted(handle_v2_infer, request, check=v2_model)
+    async def v2_server(self, request):
+        return _json(server_metadata())
 
-    async def v2_server(request):
-        return JSONResponse(server_metadata())
+    async def v2_live(self, request):
+        return _json({"live": True})
 
-    async def v2_live(request):
-        return JSONResponse({"live": True})
+    async def v2_ready(self, request):
+        ready = self.batcher is not None
+        return _json({"ready": ready}, 200 if ready else 400)
 
-    async def v2_ready(request):
-        ready = "batcher" in state
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
-
-    async def v2_metadata(request):
+    async def v2_metadata(self, request):
         try:
-            v2_model(request)
+            self.check_model(request)
         except HTTPError as e:
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        return JSONResponse(info.metadata())
+            return _json({"error": e.message}, e.status)
+        return _json(self.info.metadata())
 
-    async def v2_model_ready(request):
+    async def v2_model_ready(self, request):
         try:
-            v2_model(request)
+            self.check_model(request)
         except HTTPError as e:
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        return await v2_ready(request)
+            return _json({"error": e.message}, e.status)
+        return await self.v2_ready(request)
 
-    async def http_error(request, exc):  # unknown paths and methods: the same JSON error body everywhere
-        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
-                            status_code=exc.status_code)
 
-    async def health(request):
-        return JSONResponse({"status": "ok", "arch": loaded.arch, "classes": loaded.num_classes,
-                             "backend": backend.name, "input": [loaded.in_chans, loaded.size, loaded.size],
-                             "settings": cfg.settings()})
+async def _http_error(request, exc):
+    """Unknown paths and methods: the same JSON error body as every other failure."""
+    return _json({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
 
-    async def metrics_endpoint(request):
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @asynccontextmanager
-    async def lifespan(app):
-        state["decode_pool"] = concurrent.futures.ThreadPoolExecutor(cfg.decode_threads, "resnet50-decode")
-        state["batcher"] = Batcher(backend, cfg.max_batch, cfg.max_wait_ms / 1e3, metrics)
-        try:
-            yield
-        finally:
-            state["batcher"].close()
-            state["decode_pool"].shutdown(wait=False, cancel_futures=True)
+def create_app(loaded: Checkpoint, backend: Backend, cfg: ServeConfig):
+    """The Starlette application over one :class:`Server` (the batching thread starts and stops with it)."""
+    require("starlette", "resnet50 serve")
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
 
-    v2 = [Route("/v2", v2_server), Route("/v2/health/live", v2_live), Route("/v2/health/ready", v2_ready)]
-    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        v2 += [Route(base, v2_metadata), Route(base + "/ready", v2_model_ready),
-               Route(base + "/infer", v2_infer, methods=["POST"])]
-    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health),
-                            Route("/metrics", metrics_endpoint), *v2], lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
-    app.state.metrics = metrics
+    server = Server(loaded, backend, cfg)
+    app = Starlette(routes=server.routes(), lifespan=server.lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.metrics = server.metrics
     return BearerAuth(app, cfg.token) if cfg.token else app
 
 
