@@ -168,19 +168,7 @@ def _bytes_elements(raw: memoryview, count: int) -> list[bytes]:
     return out
 
 
-def parse_request(body: bytes, header_length: str | None, model: ModelInfo, max_images: int) -> InferRequest:
-    """A request body (JSON, or JSON then binary tensors) -> :class:`InferRequest`; raises HTTPError (400)."""
-    doc, binary = _split_body(body, header_length)
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise _bad("'inputs' must be a list of exactly one tensor: 'image' (BYTES) or 'input' (FP32)")
-    tensor = inputs[0]
-    name, dtype = tensor.get("name"), tensor.get("datatype")
-    shape = _shape(tensor)
-    params = _parameters(tensor, f"input {name!r}")
-    rid = doc.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise _bad("'id' must be a string")
+def _check_input(name, dtype, shape: list[int], model: ModelInfo, max_images: int) -> None:
     if name == "image":
         if dtype != "BYTES" or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise _bad(f"input 'image' is BYTES of shape [N] or [N, 1] (encoded images); got {dtype} {shape}")
@@ -194,53 +182,84 @@ def parse_request(body: bytes, header_length: str | None, model: ModelInfo, max_
     count = shape[0]
     if not 1 <= count <= max_images:
         raise _bad(f"batch of {count} images; send 1 to {max_images} per request (--max-request-images)")
-    elements = int(np.prod(shape))
 
+
+def _binary_part(tensor: dict, name: str, size, binary: memoryview) -> memoryview:
+    """The input's ``binary_data_size`` bytes after the JSON header, which must be all of them."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(binary):
+        raise _bad(f"input {name!r}: binary_data_size {size!r} exceeds the {len(binary)} bytes after the header")
+    if "data" in tensor:
+        raise _bad(f"input {name!r} has both 'data' and binary_data_size; send one")
+    raw, rest = binary[:size], binary[size:]
+    if len(rest):
+        raise _bad(f"{len(rest)} bytes after the binary tensors that no input's binary_data_size accounts for")
+    return raw
+
+
+def _image_elements(tensor: dict, shape: list[int], elements: int, raw: memoryview | None) -> list[bytes]:
+    """Input ``image``: the encoded images, from the binary part (``raw``) or from the JSON's base64 strings."""
+    if raw is not None:
+        return _bytes_elements(raw, elements)
+    data = tensor["data"]
+    items = data if isinstance(data, list) else [data]
+    flat = [x for row in items for x in (row if isinstance(row, list) else [row])]
+    if len(flat) != elements or not all(isinstance(x, str) for x in flat):
+        raise _bad(f"input 'image' in JSON: {elements} base64 strings expected (shape {shape})")
+    try:
+        return [base64.b64decode(x, validate=True) for x in flat]
+    except (binascii.Error, ValueError):
+        raise _bad("input 'image' in JSON must be the base64 text of each encoded image "
+                   "(or send raw bytes with the binary tensor extension)") from None
+
+
+def _fp32_tensor(tensor: dict, shape: list[int], elements: int, raw: memoryview | None) -> np.ndarray:
+    """Input ``input``: the float32 N x C x H x W tensor, from the binary part (``raw``) or the JSON's numbers;
+    finite values only."""
+    if raw is not None:
+        if len(raw) != elements * 4:
+            raise _bad(f"input 'input': binary_data_size {len(raw)} != {elements} FP32 elements x 4 bytes")
+        array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    else:
+        try:
+            array = np.asarray(tensor["data"], dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
+            raise _bad("input 'input': 'data' must be numbers (a flat or nested list)") from None
+        if array.size != elements:
+            raise _bad(f"input 'input': 'data' holds {array.size} values, the shape {shape} needs {elements}")
+        array = array.reshape(shape)
+    _check_finite(array, "input 'input'")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def parse_request(body: bytes, header_length: str | None, model: ModelInfo, max_images: int) -> InferRequest:
+    """A request body (JSON, or JSON then binary tensors) -> :class:`InferRequest`; raises HTTPError (400)."""
+    doc, binary = _split_body(body, header_length)
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _bad("'inputs' must be a list of exactly one tensor: 'image' (BYTES) or 'input' (FP32)")
+    tensor = inputs[0]
+    name, dtype = tensor.get("name"), tensor.get("datatype")
+    shape = _shape(tensor)
+    params = _parameters(tensor, f"input {name!r}")
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise _bad("'id' must be a string")
+    _check_input(name, dtype, shape, model, max_images)
+    elements = int(np.prod(shape))
     size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(binary):
-            raise _bad(f"input {name!r}: binary_data_size {size!r} exceeds the {len(binary)} bytes after the header")
-        if "data" in tensor:
-            raise _bad(f"input {name!r} has both 'data' and binary_data_size; send one")
-        raw, rest = binary[:size], binary[size:]
-        if len(rest):
-            raise _bad(f"{len(rest)} bytes after the binary tensors that no input's binary_data_size accounts for")
-        if name == "image":
-            images = _bytes_elements(raw, elements)
-        elif size != elements * 4:
-            raise _bad(f"input 'input': binary_data_size {size} != {elements} FP32 elements x 4 bytes")
-        else:
-            array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+        raw = _binary_part(tensor, name, size, binary)
+    elif len(binary):
+        raise _bad("binary data after the JSON header but no input has a binary_data_size parameter")
+    elif "data" not in tensor:
+        raise _bad(f"input {name!r} has no 'data' (nor a binary_data_size parameter)")
     else:
-        if len(binary):
-            raise _bad("binary data after the JSON header but no input has a binary_data_size parameter")
-        if "data" not in tensor:
-            raise _bad(f"input {name!r} has no 'data' (nor a binary_data_size parameter)")
-        data = tensor["data"]
-        if name == "image":
-            items = data if isinstance(data, list) else [data]
-            flat = [x for row in items for x in (row if isinstance(row, list) else [row])]
-            if len(flat) != elements or not all(isinstance(x, str) for x in flat):
-                raise _bad(f"input 'image' in JSON: {elements} base64 strings expected (shape {shape})")
-            try:
-                images = [base64.b64decode(x, validate=True) for x in flat]
-            except (binascii.Error, ValueError):
-                raise _bad("input 'image' in JSON must be the base64 text of each encoded image "
-                           "(or send raw bytes with the binary tensor extension)") from None
-        else:
-            try:
-                array = np.asarray(data, dtype=np.float32)
-            except (ValueError, TypeError, OverflowError):
-                raise _bad("input 'input': 'data' must be numbers (a flat or nested list)") from None
-            if array.size != elements:
-                raise _bad(f"input 'input': 'data' holds {array.size} values, the shape {shape} needs {elements}")
-            array = array.reshape(shape)
-    if name == "input":
-        _check_finite(array, "input 'input'")
-    outputs = _requested_outputs(doc, model)
+        raw = None
     if name == "image":
-        return InferRequest(rid, images=images, outputs=outputs)
-    return InferRequest(rid, tensor=np.ascontiguousarray(array, dtype=np.float32), outputs=outputs)
+        images = _image_elements(tensor, shape, elements, raw)
+        return InferRequest(rid, images=images, outputs=_requested_outputs(doc, model))
+    array = _fp32_tensor(tensor, shape, elements, raw)
+    return InferRequest(rid, tensor=array, outputs=_requested_outputs(doc, model))
 
 
 def _check_finite(array: np.ndarray, what: str) -> None:
