@@ -12,11 +12,9 @@ from resnet50.summary import summarize
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET50_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield benchmark(arch="resnet20_cifar", num_classes=3, size=32, backends=["eager", "onnx", "onnx-int8"],
-                        batches=[1, 4], warmup=1, runs=5, peak_n=512)
+def report(onnx_cache):
+    return benchmark(arch="resnet20_cifar", num_classes=3, size=32, backends=["eager", "onnx", "onnx-int8"],
+                     batches=[1, 4], warmup=1, runs=5, peak_n=512)
 
 
 def test_schema_and_model_facts(report):

@@ -14,8 +14,7 @@ import torch
 
 from resnet50 import weights
 
-from .helpers import kill_leftovers, make_idx_dataset
-from .test_train import TINY
+from .helpers import TINY, kill_leftovers, make_idx_dataset
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 

@@ -32,9 +32,9 @@ def ckpt(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit, still asked for
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_parity_on_another_batch_size(ckpt, tmp_path, fmt):
-    im = load_model(ckpt)
+    loaded = load_model(ckpt)
     out = tmp_path / f"m.{fmt}"
-    report = export(im, fmt, out)
+    report = export(loaded, fmt, out)
     par = report["parity"]
     assert CHECK_BATCH != TRACE_BATCH and par["batch"] == CHECK_BATCH
     assert par["passed"] and 0 <= par["max_abs_diff"] <= par["tolerance"]
@@ -44,7 +44,7 @@ def test_export_parity_on_another_batch_size(ckpt, tmp_path, fmt):
     run = load_exported(fmt, out)
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        want = im.model(x).numpy()
+        want = loaded.model(x).numpy()
     got = run(x.numpy())
     assert got.shape == (5, 3)
     assert np.abs(got - want).max() <= TOLERANCE
@@ -53,8 +53,8 @@ def test_export_parity_on_another_batch_size(ckpt, tmp_path, fmt):
 def test_onnx_metadata_and_dynamic_batch(ckpt, tmp_path):
     import onnx
 
-    im = load_model(ckpt)
-    export(im, "onnx", tmp_path / "m.onnx", check=False)
+    loaded = load_model(ckpt)
+    export(loaded, "onnx", tmp_path / "m.onnx", check=False)
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == ["x", "y", "z"]
@@ -89,13 +89,13 @@ def test_export_errors(ckpt, tmp_path, capsys):
 def test_parity_check_catches_a_wrong_model(ckpt):
     from resnet50.export import parity
 
-    im = load_model(ckpt)
+    loaded = load_model(ckpt)
 
     def eager(x):
         with torch.no_grad():
-            return im.model(torch.from_numpy(x)).numpy()
-    assert parity(im, eager)["passed"] and parity(im, eager)["max_abs_diff"] == 0
-    off = parity(im, lambda x: eager(x) + 2e-3)
+            return loaded.model(torch.from_numpy(x)).numpy()
+    assert parity(loaded, eager)["passed"] and parity(loaded, eager)["max_abs_diff"] == 0
+    off = parity(loaded, lambda x: eager(x) + 2e-3)
     assert not off["passed"] and off["max_abs_diff"] == pytest.approx(2e-3, rel=1e-3)
-    frozen = parity(im, lambda x: eager(x[:2]))  # a graph that froze the traced batch size
+    frozen = parity(loaded, lambda x: eager(x[:2]))  # a graph that froze the traced batch size
     assert not frozen["passed"] and "output shape" in frozen["error"]

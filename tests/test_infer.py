@@ -26,12 +26,7 @@ from resnet50.infer import (
 )
 from resnet50.weights import Preprocessing, save
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET50_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("onnx_cache")
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +41,11 @@ def batch(n, seed=0):
 
 
 def test_eager_backend_is_the_model_in_channels_last(ckpt):
-    im = load_model(ckpt)
+    loaded = load_model(ckpt)
     x = batch(3)
     with torch.no_grad():
-        want = im.model(torch.from_numpy(x)).numpy()
-    got = EagerBackend(im.model)(x)
+        want = loaded.model(torch.from_numpy(x)).numpy()
+    got = EagerBackend(loaded.model)(x)
     assert got.shape == (3, 4) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -59,8 +54,8 @@ def test_eager_backend_is_the_model_in_channels_last(ckpt):
 def test_backends_match_eager(ckpt, name):
     if name == "openvino":
         pytest.importorskip("openvino")
-    im = load_model(ckpt)
-    eager, other = create_backend("eager", im), create_backend(name, im)
+    loaded = load_model(ckpt)
+    eager, other = create_backend("eager", loaded), create_backend(name, loaded)
     assert other.name == name
     for n in (1, 5):  # two batch sizes through the same session: the batch dimension is dynamic
         np.testing.assert_allclose(other(batch(n, n)), eager(batch(n, n)), atol=1e-4)
@@ -72,8 +67,8 @@ def test_bf16_backends_are_close_to_eager_not_equal(ckpt, name):
         pytest.importorskip("openvino")
         if not has_native_bf16():
             pytest.skip("openvino-bf16 needs a CPU with bf16 instructions")
-    im = load_model(ckpt)
-    eager, other = create_backend("eager", im), create_backend(name, im)
+    loaded = load_model(ckpt)
+    eager, other = create_backend("eager", loaded), create_backend(name, loaded)
     x = batch(6)
     want, got = eager(x), other(x)
     assert other.name == name and got.dtype == np.float32 and got.shape == want.shape
@@ -98,8 +93,8 @@ def test_bf16_backends_are_offered_only_with_bf16_instructions(ckpt, monkeypatch
 
 
 def test_onnx_export_is_cached_per_checkpoint(ckpt):
-    im = load_model(ckpt)
-    first = onnx_file(im)
+    loaded = load_model(ckpt)
+    first = onnx_file(loaded)
     stamp = first.stat().st_mtime_ns
     again = onnx_file(load_model(ckpt))
     assert again == first and again.stat().st_mtime_ns == stamp
@@ -107,11 +102,11 @@ def test_onnx_export_is_cached_per_checkpoint(ckpt):
 
 
 def test_auto_picks_the_first_available_in_measured_order(ckpt):
-    im = load_model(ckpt)
-    assert AUTO_ORDER[0] == "onnx" and resolve_backend("auto", im) == "onnx"
-    onnx_im = load_model(onnx_file(im))
-    assert onnx_im.model is None and onnx_im.classes == ["a", "b", "c", "d"] and onnx_im.size == 32
-    assert resolve_backend("auto", onnx_im) == "onnx"
+    loaded = load_model(ckpt)
+    assert AUTO_ORDER[0] == "onnx" and resolve_backend("auto", loaded) == "onnx"
+    onnx_loaded = load_model(onnx_file(loaded))
+    assert onnx_loaded.model is None and onnx_loaded.classes == ["a", "b", "c", "d"] and onnx_loaded.size == 32
+    assert resolve_backend("auto", onnx_loaded) == "onnx"
 
 
 def test_auto_falls_back_to_eager_without_onnxruntime(ckpt, monkeypatch):
@@ -123,13 +118,13 @@ def test_auto_falls_back_to_eager_without_onnxruntime(ckpt, monkeypatch):
 
 
 def test_unknown_and_mismatched_backends_are_clear_errors(ckpt):
-    im = load_model(ckpt)
+    loaded = load_model(ckpt)
     with pytest.raises(UserError, match="unknown backend 'tensorrt'; choose from: auto, " + ", ".join(BACKENDS)):
-        resolve_backend("tensorrt", im)
+        resolve_backend("tensorrt", loaded)
     with pytest.raises(UserError, match="runs an INT8 model"):
-        resolve_backend("onnx-int8", im)
+        resolve_backend("onnx-int8", loaded)
     with pytest.raises(UserError, match="needs PyTorch weights"):
-        resolve_backend("eager", load_model(onnx_file(im)))
+        resolve_backend("eager", load_model(onnx_file(loaded)))
 
 
 def test_missing_optional_dependency_names_pip_install(ckpt, monkeypatch, capsys, tmp_path):
@@ -177,6 +172,6 @@ def test_physical_cores_is_sane():
 @pytest.mark.skipif(not os.environ.get("RESNET50_SLOW_TESTS"),
                     reason="torch.compile takes ~30 s; set RESNET50_SLOW_TESTS=1")
 def test_compile_backend_matches_eager(ckpt):
-    im = load_model(ckpt)
-    np.testing.assert_allclose(create_backend("compile", im)(batch(2)), create_backend("eager", im)(batch(2)),
+    loaded = load_model(ckpt)
+    np.testing.assert_allclose(create_backend("compile", loaded)(batch(2)), create_backend("eager", loaded)(batch(2)),
                                atol=1e-4)

@@ -20,7 +20,7 @@ from resnet50.infer import EagerBackend, load_model, softmax
 from resnet50.serve import BackgroundServer, ServeConfig
 from resnet50.weights import Preprocessing, save
 
-from .test_serve import encoded, metric
+from .helpers import encoded, metric
 
 CLASSES = ["cat", "dog", "bird"]
 NAME = "resnet20_cifar"

@@ -25,12 +25,7 @@ CLASSES = ["cat", "dog", "bird"]
 PRE = Preprocessing(resize=40, crop=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bicubic")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """One ONNX export cache for the module: the shared checkpoint below is exported once."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET50_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("onnx_cache")  # the shared checkpoint below is exported once
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +77,23 @@ def reference_input(path, in_chans=3, pre=PRE):
 
 
 def test_preprocessing_follows_checkpoint_metadata(tmp_path, images):
-    im = load_model(tiny_checkpoint(tmp_path / "m.safetensors"))
-    assert (im.preprocessing.resize, im.preprocessing.crop, im.preprocessing.interpolation) == (40, 32, "bicubic")
+    loaded = load_model(tiny_checkpoint(tmp_path / "m.safetensors"))
+    pre = loaded.preprocessing
+    assert (pre.resize, pre.crop, pre.interpolation) == (40, 32, "bicubic")
     for p in images:
-        x = preprocess(p, im)
+        x = preprocess(p, loaded)
         assert x.shape == (3, 32, 32) and x.dtype == np.float32
         np.testing.assert_allclose(x, reference_input(p), atol=1e-5)
 
 
 def test_topk_matches_eager_model_for_every_format(tmp_path, images):
     ckpt = tiny_checkpoint(tmp_path / "m.safetensors")
-    im = load_model(ckpt)
-    results = predict_files(images, im, create_backend("eager", im), k=2, batch_size=3)
+    loaded = load_model(ckpt)
+    results = predict_files(images, loaded, create_backend("eager", loaded), k=2, batch_size=3)
     assert [r.file for r in results] == [str(p) for p in images] and all(r.error is None for r in results)
     x = torch.from_numpy(np.stack([reference_input(p) for p in images]))
     with torch.no_grad():
-        probs = softmax(im.model(x).numpy().astype(np.float64))
+        probs = softmax(loaded.model(x).numpy().astype(np.float64))
     for r, p in zip(results, probs):
         order = np.argsort(-p, kind="stable")[:2]
         assert [t["index"] for t in r.top] == order.tolist()
@@ -107,9 +103,9 @@ def test_topk_matches_eager_model_for_every_format(tmp_path, images):
 
 
 def test_onnx_backend_gives_the_same_predictions(ckpt, images):
-    im = load_model(ckpt)
-    eager = predict_files(images, im, create_backend("eager", im), k=3)
-    onnx = predict_files(images, im, create_backend("onnx", im), k=3)
+    loaded = load_model(ckpt)
+    eager = predict_files(images, loaded, create_backend("eager", loaded), k=3)
+    onnx = predict_files(images, loaded, create_backend("onnx", loaded), k=3)
     for a, b in zip(eager, onnx):
         assert [t["index"] for t in a.top] == [t["index"] for t in b.top]
         np.testing.assert_allclose([t["probability"] for t in a.top], [t["probability"] for t in b.top], atol=1e-5)
@@ -117,17 +113,17 @@ def test_onnx_backend_gives_the_same_predictions(ckpt, images):
 
 def test_grayscale_model_gets_L_images(tmp_path, images):
     pre = Preprocessing(resize=40, crop=32, mean=(0.3,), std=(0.2,), interpolation="bicubic")
-    im = load_model(tiny_checkpoint(tmp_path / "g.safetensors", in_chans=1, pre=pre))
-    results = predict_files(images, im, create_backend("eager", im), k=1)
+    loaded = load_model(tiny_checkpoint(tmp_path / "g.safetensors", in_chans=1, pre=pre))
+    results = predict_files(images, loaded, create_backend("eager", loaded), k=1)
     x = torch.from_numpy(np.stack([reference_input(p, 1, pre) for p in images]))
     assert x.shape[1] == 1
     with torch.no_grad():
-        want = im.model(x).argmax(1).tolist()
+        want = loaded.model(x).argmax(1).tolist()
     assert [r.top[0]["index"] for r in results] == want
 
 
 def test_bad_files_are_reported_and_the_rest_predicted(tmp_path, images):
-    im = load_model(tiny_checkpoint(tmp_path / "m.safetensors"))
+    loaded = load_model(tiny_checkpoint(tmp_path / "m.safetensors"))
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     buf = io.BytesIO()
@@ -137,12 +133,12 @@ def test_bad_files_are_reported_and_the_rest_predicted(tmp_path, images):
     bomb = tmp_path / "bomb.png"
     Image.new("L", (3000, 3000)).save(bomb)  # 9 Mpx, a few kB on disk
     files = [images[0], text, truncated, images[1], bomb, images[2]]
-    results = predict_files(files, im, create_backend("eager", im), k=1, batch_size=4, max_pixels=4_000_000)
+    results = predict_files(files, loaded, create_backend("eager", loaded), k=1, batch_size=4, max_pixels=4_000_000)
     errors = {r.file: r.error for r in results if r.error}
     assert set(errors) == {str(text), str(truncated), str(bomb)}
     assert "cannot identify" in errors[str(text)] and "truncated" in errors[str(truncated)].lower()
     assert "max_pixels" in errors[str(bomb)]
-    good = predict_files([images[0], images[1], images[2]], im, create_backend("eager", im), k=1)
+    good = predict_files([images[0], images[1], images[2]], loaded, create_backend("eager", loaded), k=1)
     kept = [r.top[0] for r in results if not r.error]
     assert [t["index"] for t in kept] == [g.top[0]["index"] for g in good]
     np.testing.assert_allclose([t["probability"] for t in kept], [g.top[0]["probability"] for g in good], atol=1e-5)
@@ -156,11 +152,11 @@ def test_class_names_imagenet_bundled_or_indices(tmp_path):
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(img)
     model = create_model("resnet20_cifar", num_classes=1000)
     save(tmp_path / "in1k.safetensors", model, None, PRE, "imported")
-    im = load_model(tmp_path / "in1k.safetensors")
-    r = predict_files([img], im, create_backend("eager", im), k=3)[0]
+    loaded = load_model(tmp_path / "in1k.safetensors")
+    r = predict_files([img], loaded, create_backend("eager", loaded), k=3)[0]
     assert [t["label"] for t in r.top] == [names[t["index"]] for t in r.top]
-    im5 = load_model(tiny_checkpoint(tmp_path / "c5.safetensors", classes=None))
-    r = predict_files([img], im5, create_backend("eager", im5), k=5)[0]
+    loaded5 = load_model(tiny_checkpoint(tmp_path / "c5.safetensors", classes=None))
+    r = predict_files([img], loaded5, create_backend("eager", loaded5), k=5)[0]
     assert sorted(t["label"] for t in r.top) == ["0", "1", "2", "3", "4"]
 
 

@@ -21,24 +21,22 @@ CLASSES = ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(onnx_cache, tmp_path_factory):
     """A checkpoint and class folders of coloured noise images (6 per class), quantised once for the module."""
     root = tmp_path_factory.mktemp("q")
     torch.manual_seed(0)  # module fixtures run before the autouse seed: fix the model here
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET50_CACHE", str(root / "cache"))
-        rng = np.random.default_rng(0)
-        for c, name in enumerate(CLASSES):
-            (root / "data" / name).mkdir(parents=True)
-            for i in range(6):
-                a = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
-                a[..., c] += 120
-                Image.fromarray(a).save(root / "data" / name / f"{i}.png")
-        ckpt = root / "m.safetensors"
-        save(ckpt, create_model("resnet20_cifar", num_classes=3), CLASSES, Preprocessing(36, 32), "test")
-        out = root / "m.int8.onnx"
-        report = quantize(ckpt, root / "data", out)
-        yield root, ckpt, out, report
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(6):
+            a = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+            a[..., c] += 120
+            Image.fromarray(a).save(root / "data" / name / f"{i}.png")
+    ckpt = root / "m.safetensors"
+    save(ckpt, create_model("resnet20_cifar", num_classes=3), CLASSES, Preprocessing(36, 32), "test")
+    out = root / "m.int8.onnx"
+    report = quantize(ckpt, root / "data", out)
+    return root, ckpt, out, report
 
 
 def test_report_and_held_out_split(setup):
@@ -54,11 +52,11 @@ def test_report_and_held_out_split(setup):
 def test_reported_figures_are_what_the_models_give(setup):
     root, ckpt, out, r = setup
     held = expand_inputs([root / "data"])[4::5]
-    fp32_im, int8_im = load_model(ckpt), load_model(out)
-    assert int8_im.quantization == QUANTIZATION and int8_im.classes == CLASSES
-    x = np.stack([preprocess(f, fp32_im) for f in held])
-    a = create_backend("onnx", fp32_im)(x).argmax(1)
-    b = create_backend("onnx-int8", int8_im)(x).argmax(1)
+    fp32, int8 = load_model(ckpt), load_model(out)
+    assert int8.quantization == QUANTIZATION and int8.classes == CLASSES
+    x = np.stack([preprocess(f, fp32) for f in held])
+    a = create_backend("onnx", fp32)(x).argmax(1)
+    b = create_backend("onnx-int8", int8)(x).argmax(1)
     labels = np.array([CLASSES.index(f.parent.name) for f in held])
     e = r["evaluation"]
     assert e["top1_agreement"] == pytest.approx(np.mean(a == b))
@@ -72,9 +70,9 @@ def test_int8_model_is_quantised_and_close_to_fp32(setup):
     root, ckpt, out, r = setup
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
-    fp32_im, int8_im = load_model(ckpt), load_model(out)
-    x = np.stack([preprocess(f, fp32_im) for f in expand_inputs([root / "data"])])
-    f, q = create_backend("eager", fp32_im)(x), create_backend("auto", int8_im)(x)
+    fp32, int8 = load_model(ckpt), load_model(out)
+    x = np.stack([preprocess(f, fp32) for f in expand_inputs([root / "data"])])
+    f, q = create_backend("eager", fp32)(x), create_backend("auto", int8)(x)
     assert q.shape == f.shape == (18, 3)
     # on images like the calibration ones, the INT8 error is small next to the spread of the logits
     assert np.abs(q - f).max() < 0.1 * (f.max() - f.min())
@@ -83,8 +81,8 @@ def test_int8_model_is_quantised_and_close_to_fp32(setup):
 def test_predict_and_cli_with_the_int8_backend(setup, capsys):
     root, ckpt, out, r = setup
     files = expand_inputs([root / "data" / "red"])[:2]
-    im = load_model(out)
-    results = predict_files(files, im, create_backend("onnx-int8", im), k=3)
+    loaded = load_model(out)
+    results = predict_files(files, loaded, create_backend("onnx-int8", loaded), k=3)
     assert all(r.error is None and sorted(t["label"] for t in r.top) == sorted(CLASSES) for r in results)
     rc = main(["predict", *map(str, files), "--weights", str(out), "--backend", "eager"])
     err = capsys.readouterr().err
@@ -117,11 +115,11 @@ def test_errors(setup, tmp_path):
 def test_labels_from_class_folder_names_or_indices(setup, tmp_path):
     from resnet50.quantize import _labels
 
-    im = load_model(setup[1])
-    assert _labels([tmp_path / "blue" / "a.png", tmp_path / "1" / "b.png"], tmp_path, im) == [2, 1]
-    assert _labels([tmp_path / "purple" / "c.png"], tmp_path, im) is None  # not a class of the model
-    assert _labels([tmp_path / "3" / "c.png"], tmp_path, im) is None  # index out of range (3 classes)
-    assert _labels([tmp_path / "d.png"], tmp_path, im) is None  # not in a class folder
+    loaded = load_model(setup[1])
+    assert _labels([tmp_path / "blue" / "a.png", tmp_path / "1" / "b.png"], tmp_path, loaded) == [2, 1]
+    assert _labels([tmp_path / "purple" / "c.png"], tmp_path, loaded) is None  # not a class of the model
+    assert _labels([tmp_path / "3" / "c.png"], tmp_path, loaded) is None  # index out of range (3 classes)
+    assert _labels([tmp_path / "d.png"], tmp_path, loaded) is None  # not in a class folder
 
 
 def test_percentile_calibration_with_an_uneven_image_count(setup, tmp_path, capsys):

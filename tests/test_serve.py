@@ -21,15 +21,9 @@ from resnet50.predict import predict_files
 from resnet50.serve import BackgroundServer, ServeConfig
 from resnet50.weights import Preprocessing, save
 
+from .helpers import encoded, metric
+
 CLASSES = ["cat", "dog", "bird"]
-
-
-def encoded(fmt="PNG", size=(48, 40), seed=0, mode="RGB"):
-    rng = np.random.default_rng(seed)
-    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, fmt)
-    return buf.getvalue()
 
 
 def _bomb():
@@ -61,21 +55,16 @@ def client(server):
         yield c
 
 
-def metric(text, name):
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def test_binds_loopback_only_by_default(server):
     assert ServeConfig().host == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
 
 
 def test_raw_and_multipart_images_match_predict(model, client, tmp_path):
-    path, im = model
+    path, loaded = model
     for fmt in ("PNG", "JPEG", "WEBP"):
         data = encoded(fmt, seed=3)
         (tmp_path / f"x.{fmt.lower()}").write_bytes(data)
-        want = predict_files([tmp_path / f"x.{fmt.lower()}"], im, EagerBackend(im.model), k=3)[0].top
+        want = predict_files([tmp_path / f"x.{fmt.lower()}"], loaded, EagerBackend(loaded.model), k=3)[0].top
         for r in (client.post("/predict", content=data, headers={"content-type": f"image/{fmt.lower()}"}),
                   client.post("/predict", files={"file": (f"x.{fmt}", data, "application/octet-stream")})):
             assert r.status_code == 200, r.text

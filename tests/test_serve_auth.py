@@ -21,7 +21,7 @@ from resnet50.infer import EagerBackend, load_model
 from resnet50.serve import BackgroundServer, ServeConfig
 from resnet50.weights import Preprocessing, save
 
-from .test_serve import encoded
+from .helpers import encoded
 
 TOKEN = "s3cret-Token_0123456789abcdef"
 NAME = "resnet20_cifar"

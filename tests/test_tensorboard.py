@@ -16,8 +16,7 @@ from resnet50.experiments import degradation
 from resnet50.tensorboard import TRAIN_SCALARS, Board
 from resnet50.train import train
 
-from .helpers import make_idx_dataset
-from .test_train import tiny_cfg
+from .helpers import make_idx_dataset, tiny_cfg
 
 
 def events(folder: Path) -> EventAccumulator:

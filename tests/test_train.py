@@ -14,20 +14,9 @@ import torch
 
 from resnet50 import create_model, weights
 from resnet50.evaluate import Metrics, predict_scores
-from resnet50.recipes import resolve
 from resnet50.train import TrainingDiverged, train
 
-from .helpers import make_idx_dataset
-
-# lr is per 256 images and the demo recipe is AdamW: 0.064 is 0.004 at batch 16 (a rate of 0.2 made the runs chaotic,
-# so two runs that differ only in BN batch statistics drifted apart by 9 % in loss)
-# crop_pct 0: the 28 px images centred on a 32 px canvas (the demo upsamples them to 48 px)
-TINY = dict(arch="resnet20_cifar", image_size=32, crop_pct=0.0, batch_size=16, workers=0, epochs=2, lr=0.064,
-            warmup_epochs=0, schedule="cosine", channels_last=False)
-
-
-def tiny_cfg(data, out, name, **kw):
-    return resolve("demo", {**TINY, "data": str(data), "out": str(out), "name": name, **kw})
+from .helpers import TINY, make_idx_dataset, tiny_cfg
 
 
 @pytest.fixture(scope="module")
