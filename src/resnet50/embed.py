@@ -8,7 +8,7 @@ in general) of image files, written with their paths, and the k-nearest-neighbou
     FILE.parquet   columns ``path`` (string) and ``embedding`` (list<float>, D values): batch-predict's column
 
 Only readable images get a row; the others are counted and named (``Embeddings.skipped``). Decoding and
-preprocessing are prediction's (``predict.preprocess``: the checkpoint's own resize, crop and normalisation).
+preprocessing are prediction's (``data.transforms.preprocess``: the checkpoint's own resize, crop and normalisation).
 
 ``evaluate --knn K`` (:func:`knn_predict`) is the frozen-feature baseline of self-supervised learning: the train
 split's features are the gallery, each evaluated image a query, similarity the cosine of L2-normalised features.
@@ -36,7 +36,7 @@ from .data import MAX_PIXELS, ImageDecodeError, Skipped
 from .data.transforms import eval_transform
 from .errors import UserError, require
 from .files import atomic_path, output_file, write_text
-from .predict import preprocess
+from .data.transforms import preprocess
 from .weights import HUB_WEIGHTS, Checkpoint, load
 
 OUT_FORMATS = (".npy", ".npz", ".parquet")

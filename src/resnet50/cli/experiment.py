@@ -1,6 +1,8 @@
-"""resnet50 experiment degradation: plain vs residual nets of two depths, as in the paper's Figures 1 and 6."""
+"""resnet50 experiment degradation|transfer: plain vs residual nets of two depths, as in the paper's Figures 1 and 6;
+what pretrained weights buy on few images of new classes (resnet50.experiments, resnet50.transfer)."""
 
 from ..experiments import degradation
+from ..transfer import METHODS, transfer
 from . import add_config_flags, config_overrides, print_json
 
 # the fields this command sets with its own flags (and defaults); every other TrainConfig field is a flag too
@@ -8,8 +10,17 @@ OWN = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "max_steps", "out"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("experiment", help="paper experiments: 'degradation' (plain vs residual, Fig. 1 and 6)")
-    p.add_argument("experiment", metavar="NAME", choices=("degradation",), help="degradation")
+    p = sub.add_parser("experiment", help="experiments: 'degradation' (plain vs residual, Fig. 1 and 6), 'transfer' "
+                                          "(fine-tuning vs linear probe vs k-NN vs scratch on few images)")
+    p.add_argument("experiment", metavar="NAME", choices=("degradation", "transfer"), help="degradation or transfer")
+    t = p.add_argument_group("transfer options")
+    t.add_argument("--ks", default="10,50,250", help="labelled images per new class (default 10,50,250)")
+    t.add_argument("--seeds", type=int, default=3, help="seeds per k; figures are medians (default 3)")
+    t.add_argument("--steps", type=int, default=300, help="optimiser steps of every trained run (default 300)")
+    t.add_argument("--pretrained", default=None, help="start from these weights instead of pretraining on the five "
+                                                      "source classes (ours, torchvision/timm, tv:resnet50.v2)")
+    t.add_argument("--pretrain-epochs", type=int, default=4)
+    t.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
     p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
     p.add_argument("--epochs", type=int, default=8)
@@ -27,6 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.experiment == "transfer":
+        return run_transfer(args)
     depths = [int(x) for x in args.depths.split(",") if x.strip()]
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps,
@@ -38,4 +51,20 @@ def run(args) -> int:
         for r in result["runs"]:
             print(f"{r['arch']:<18} final train error {r['train_error']:.2%}  val error {r['val_error']:.2%}")
         print(f"wrote {result['plot']}")
+    return 0
+
+
+def run_transfer(args) -> int:
+    out = args.out if args.out != "runs/degradation" else "runs/transfer"
+    r = transfer(out, [int(k) for k in args.ks.split(",") if k.strip()], args.seeds, args.pretrained, args.steps,
+                 args.pretrain_epochs, [m for m in args.methods.split(",") if m.strip()], not args.no_progress,
+                 (lambda *a: None) if args.json else print,
+                 {k: v for k, v in config_overrides(args, skip=OWN).items() if k != "arch"})
+    if args.json:
+        print_json(r)
+        return 0
+    print("median top-1 " + "  ".join(f"k={k:<4}" for k in r["ks"]))
+    for method, row in r["median_top1"].items():
+        print(f"{method:<12} " + "  ".join(f"{row[k]:6.2%}" for k in r["ks"]))
+    print(f"wrote {r['plot']}")
     return 0

@@ -1,0 +1,157 @@
+"""The transfer experiment: what starting from pretrained weights buys on few labelled images of new classes.
+
+Pretrain ResNet-50 v1.5 on five Fashion-MNIST classes (T-shirt/top, Trouser, Pullover, Dress, Coat; the embedded
+train split, validated on the embedded val split), or take a checkpoint given (a torchvision-layout ImageNet one
+where there is one), then learn the other five (Sandal, Shirt, Sneaker, Bag, Ankle boot) from k labelled images per
+class (k = 10, 50, 250, drawn by seed from the embedded train split) four ways:
+
+    finetune      the ``finetune`` recipe from the pretrained weights (head first, then discriminative rates)
+    linear-probe  the ``linear-probe`` recipe: a linear classifier on the frozen pretrained features
+    knn           a k-nearest-neighbour vote (``embed.knn_predict``, cosine, 20 neighbours or fewer) on the frozen
+                  pretrained features of the k-shot images
+    scratch       the ``demo`` recipe from random weights
+
+each scored by top-1 on those five classes of the embedded validation split (about 1,000 images; never trained
+on). Every trained run takes the same number of optimiser steps (``steps``), at the demo's 48 px. The figures are
+medians over ``seeds`` (a seed draws the k-shot images and initialises the run); ``transfer.png`` plots accuracy
+against k, ``transfer.json`` keeps every run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import weights
+from .data import FASHION_MNIST_CLASSES, build_dataset, embedded_dataset
+from .data.transforms import eval_transform
+from .errors import UserError
+from .evaluate import knn_score
+from .files import output_dir, pyplot, save_figure, write_json
+from .recipes import resolve
+from .train import train
+
+SOURCE = FASHION_MNIST_CLASSES[:5]
+TARGET = FASHION_MNIST_CLASSES[5:]
+METHODS = ("finetune", "linear-probe", "knn", "scratch")
+SHARED = {"image_size": 48, "crop_pct": 1.0, "workers": 0}  # the demo's shapes for every run
+KNN_K = 20
+
+
+def _folder_name(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def write_split(root: Path, split: str, classes, per_class: int | None = None, seed: int = 0) -> Path:
+    """The embedded ``split``'s images of ``classes`` as class folders under ``root`` (``per_class`` of each, drawn
+    by ``seed``, or all); returns ``root``."""
+    ds = embedded_dataset(split)
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(ds.targets)
+    for name in classes:
+        idx = np.flatnonzero(targets == FASHION_MNIST_CLASSES.index(name))
+        if per_class is not None:
+            if per_class > len(idx):
+                raise UserError(f"k = {per_class} exceeds the {len(idx)} {name} images of the embedded {split} split")
+            idx = rng.choice(idx, per_class, replace=False)
+        folder = root / _folder_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            Image.fromarray(ds.images[i]).save(folder / f"{int(i):05d}.png")
+    return root
+
+
+def pretrain(out: Path, epochs: int, progress: bool, log) -> str:
+    """The demo recipe on the five source classes; returns its best weights' path."""
+    root = out / "source"
+    write_split(root / "train", "train", SOURCE)
+    write_split(root / "val", "val", SOURCE)
+    cfg = resolve("demo", {"data": str(root), "out": str(out), "name": "pretrain", "epochs": epochs,
+                           "workers": 0})
+    res = train(cfg, progress=progress, log=log)
+    log(f"pretrained on {', '.join(SOURCE)}: val top-1 {res['best_val_top1']:.2%}")
+    return str(Path(res["run_dir"]) / "best.safetensors")
+
+
+def run_method(method: str, data: Path, pretrained: str, out: Path, name: str, steps: int, seed: int,
+               n_train: int, progress: bool, arch: str = "resnet50", overrides: dict | None = None) -> float:
+    """One method's top-1 on the target classes' validation images."""
+    if method == "knn":
+        ckpt = weights.load(pretrained)
+        gallery = build_dataset(str(data), "train", in_chans=ckpt.model.cfg.in_chans)
+        queries = build_dataset(str(data), "val", in_chans=ckpt.model.cfg.in_chans)
+        transform = eval_transform(ckpt.preprocessing.for_channels(ckpt.model.cfg.in_chans), ckpt.model.cfg.in_chans)
+        return knn_score(ckpt.model.eval(), gallery, queries, transform, min(KNN_K, n_train),
+                         progress=False)["top1"]
+    batch = min(32, max(2, n_train // 2))
+    epochs = max(1, math.ceil(steps / (n_train // batch)))
+    over = {**SHARED, "arch": arch, **(overrides or {}), "data": str(data), "out": str(out), "name": name,
+            "batch_size": batch, "epochs": epochs, "max_steps": steps, "seed": seed,
+            "warmup_epochs": min(0.3 * epochs, 2.0)}
+    if method != "scratch":
+        over["init_weights"] = pretrained
+    if method == "finetune":
+        over["freeze_epochs"] = max(1, epochs // 8)  # about an eighth of the run with the head alone
+    recipe = {"finetune": "finetune", "linear-probe": "linear-probe", "scratch": "demo"}[method]
+    res = train(resolve(recipe, over), progress=progress, log=lambda *a: None)
+    return res["best_val_top1"]
+
+
+def transfer(out: str = "runs/transfer", ks=(10, 50, 250), seeds: int = 3, pretrained: str | None = None,
+             steps: int = 300, pretrain_epochs: int = 4, methods=METHODS, progress: bool = True, log=print,
+             overrides: dict | None = None) -> dict:
+    """Run the experiment (module docstring). ``overrides``: TrainConfig fields for every trained run (the
+    architecture is the pretrained weights'). Returns per method and k the median top-1 and every seed's."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or seeds < 1 or steps < 1 or not ks or min(ks) < 1:
+        raise UserError(f"transfer needs methods among {', '.join(METHODS)} (not {unknown}), seeds >= 1, steps >= 1 "
+                        "and k >= 1")
+    root = Path(out)
+    output_dir(root)
+    if pretrained is None:
+        pretrained = pretrain(root, pretrain_epochs, progress, log)
+    else:
+        weights.check_source(pretrained)
+    arch = weights.load(pretrained).arch  # scratch runs train the same network
+    val = root / "target-val"
+    if not val.exists():
+        write_split(val, "val", TARGET)
+    runs = []
+    for k in ks:
+        for seed in range(seeds):
+            data = root / f"k{k}-seed{seed}"
+            write_split(data / "train", "train", TARGET, per_class=k, seed=seed)
+            if not (data / "val").exists():
+                (data / "val").symlink_to(val.resolve(), target_is_directory=True)
+            for method in methods:
+                top1 = run_method(method, data, pretrained, root / "runs", f"{method}-k{k}-seed{seed}", steps, seed,
+                                  5 * k, progress, arch, overrides)
+                runs.append({"method": method, "k": k, "seed": seed, "top1": top1})
+                log(f"k = {k:>3}, seed {seed}: {method:<12} top-1 {top1:.2%}")
+    table = {m: {k: statistics.median(r["top1"] for r in runs if r["method"] == m and r["k"] == k) for k in ks}
+             for m in methods}
+    plot = root / "transfer.png"
+    _plot(table, ks, seeds, plot)
+    result = {"pretrained": pretrained, "ks": list(ks), "seeds": seeds, "steps": steps, "median_top1": table,
+              "runs": runs, "plot": str(plot), "target_classes": list(TARGET), "source_classes": list(SOURCE)}
+    write_json(root / "transfer.json", result, indent=2)
+    return result
+
+
+def _plot(table: dict, ks, seeds: int, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, row in table.items():
+        ax.plot(list(ks), [100 * row[k] for k in ks], "o-", lw=2, label=method)
+    ax.set_xscale("log")
+    ax.set_xticks(list(ks), [str(k) for k in ks])
+    ax.set(xlabel="labelled images per class (k)", ylabel="top-1 on the 5 new classes (%)",
+           title=f"Transfer to Sandal, Shirt, Sneaker, Bag, Ankle boot (median of {seeds} seed(s))")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,34 @@
+"""resnet50 experiment transfer: the k-shot folders, every method run, medians, the plot (a smoke-size run)."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from resnet50 import create_model, weights
+from resnet50.cli import main
+from resnet50.data import Preprocessing
+from resnet50.transfer import TARGET, write_split
+
+
+def test_k_shot_folders_hold_k_images_of_each_new_class(tmp_path):
+    root = write_split(tmp_path / "k", "train", TARGET, per_class=3, seed=1)
+    counts = {d.name: len(list(d.glob("*.png"))) for d in root.iterdir()}
+    assert counts == {"Sandal": 3, "Shirt": 3, "Sneaker": 3, "Bag": 3, "Ankle boot": 3}
+    again = write_split(tmp_path / "k2", "train", TARGET, per_class=3, seed=1)
+    assert sorted(p.name for p in (again / "Bag").iterdir()) == sorted(p.name for p in (root / "Bag").iterdir())
+
+
+def test_transfer_runs_every_method_and_writes_its_figures(tmp_path, capsys):
+    torch.manual_seed(0)
+    pre = tmp_path / "pre.safetensors"
+    weights.save(pre, create_model("resnet18", num_classes=5, in_chans=1), ["a", "b", "c", "d", "e"],
+                 Preprocessing(48, 48, (0.286,), (0.353,)))
+    assert main(["experiment", "transfer", "--out", str(tmp_path / "t"), "--ks", "2", "--seeds", "2", "--steps",
+                 "2", "--pretrained", str(pre), "--no-progress", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["median_top1"]) == {"finetune", "linear-probe", "knn", "scratch"} and len(r["runs"]) == 8
+    for m, row in r["median_top1"].items():
+        tops = sorted(x["top1"] for x in r["runs"] if x["method"] == m)
+        assert row["2"] == (tops[0] + tops[1]) / 2 and 0 <= row["2"] <= 1  # the median of two seeds
+    assert Path(r["plot"]).stat().st_size > 0 and (tmp_path / "t" / "transfer.json").is_file()
