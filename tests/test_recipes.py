@@ -40,7 +40,13 @@ def test_recipes_resolve_to_their_documented_hyperparameters():
     assert (d.model.arch, d.model.variant, d.data.data, d.data.image_size, d.data.crop_pct, d.optim.optimizer,
             d.optim.lr, d.optim.weight_decay, d.optim.epochs, d.optim.label_smoothing, d.run.amp) == \
         ("resnet50", "v1.5", "embedded", 48, 1.0, "adamw", 0.004, 0.05, 10, 0.1, "auto")
-    assert set(RECIPES) == {"demo", "paper", "nvidia", "torchvision-v2", "rsb-a3", "fast"}
+    ft = get_recipe("finetune")  # fastai's fine_tune: one frozen epoch, slice(lr/100, lr) over six groups, 2e-3 @ 64
+    assert (ft.optim.freeze_epochs, ft.optim.layer_lr_decay, ft.optim.optimizer, ft.optim.lr * 64 / 256,
+            ft.optim.weight_decay, ft.data.preprocessing) == (1, 0.4, "adamw", 2e-3, 0.01, "weights")
+    assert ft.optim.layer_lr_decay ** 5 == pytest.approx(0.01, rel=0.03)  # the stem at 1/100 of the head
+    lp = get_recipe("linear-probe")
+    assert lp.optim.freeze_until == "layer4" and lp.optim.freeze_epochs == 0
+    assert set(RECIPES) == {"demo", "paper", "nvidia", "torchvision-v2", "rsb-a3", "fast", "finetune", "linear-probe"}
 
 
 def test_overrides_are_typed_and_unknown_keys_fail():
