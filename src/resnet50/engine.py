@@ -679,12 +679,13 @@ def record(run: Run, row: dict) -> None:
 # --- the loop ------------------------------------------------------------------------------------------------
 
 def fit(task_factory, cfg, checkpoint: dict | None = None, progress: bool = True, log=print,
-        tensorboard: bool = False) -> dict:
+        tensorboard: bool = False) -> tuple[dict, Task]:
     """Train the task ``task_factory(cfg, ddp, checkpoint, log)`` builds per ``cfg``, or continue ``checkpoint``
     (what :func:`load_checkpoint` read; a time budget's fixed steps are taken from it when ``cfg`` has none).
     Returns the last epoch's row with ``run_dir``, ``best`` (the best ``best_key``), ``total_steps``, the whole
     ``history``, and ``train_seconds`` / ``train_cpu_seconds`` (training without validation; the CPU time of all
-    threads says what the run cost on shared cores)."""
+    threads says what the run cost on shared cores); and the task, for what it keeps of the run (a last
+    validation's full figures, say)."""
     started, cpu_start = clock(), time.process_time()
     if checkpoint is not None:
         if not cfg.run.budget_steps:  # a budgeted run resumes with the steps it fixed
@@ -726,4 +727,4 @@ def fit(task_factory, cfg, checkpoint: dict | None = None, progress: bool = True
     last = run.state.history[-1] if run.state.history else {}
     return {**last, "run_dir": str(run.run_dir), "best": run.state.best, "total_steps": run.total_steps,
             "history": list(run.state.history), "train_seconds": time.perf_counter() - t_start - run.eval_s,
-            "train_cpu_seconds": time.process_time() - cpu_start - run.eval_cpu_s}
+            "train_cpu_seconds": time.process_time() - cpu_start - run.eval_cpu_s}, run.task

@@ -142,9 +142,29 @@ class RunSpec:
     threads: int = 0  # torch intra-op threads; 0 = the default
 
 
+class TaskConfig:
+    """What every task's config (TrainConfig, detect's DetectTrainConfig, localize's LocalizeTrainConfig) shares:
+    sections of dataclasses plus a few top-level fields, saved as a dict (a section's own ``to_dict`` where it has
+    one) and read back by :func:`config_from_dict`; ``COMMAND`` is the command whose --help lists the fields."""
+
+    COMMAND: typing.ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for name in sections(type(self)):
+            section = getattr(self, name)
+            if hasattr(section, "to_dict"):
+                d[name] = section.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return config_from_dict(cls, d)
+
+
 @dataclass
-class TrainConfig:
-    COMMAND: typing.ClassVar[str] = "resnet50 train"  # the command whose --help lists the fields
+class TrainConfig(TaskConfig):
+    COMMAND: typing.ClassVar[str] = "resnet50 train"
 
     recipe: str = "paper"
     description: str = ""
@@ -153,15 +173,8 @@ class TrainConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def validate(self) -> None:
         validate(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return config_from_dict(cls, d)
 
 
 SECTIONS = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "run": RunSpec}

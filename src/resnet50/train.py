@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
         cfg.run.name = run_name(cfg)
     if checkpoint is None and cfg.data.data != "embedded" and Path(cfg.data.data).exists():
         cfg.data.data = str(Path(cfg.data.data).resolve())  # the run folder can be resumed from anywhere
-    result = engine.fit(Classification, cfg, checkpoint, progress, log, tensorboard)
+    result, _ = engine.fit(Classification, cfg, checkpoint, progress, log, tensorboard)
     result["best_val_top1"] = result.pop("best")
     return result
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from .data.transforms import Preprocessing
 from .errors import UserError
@@ -133,6 +133,12 @@ def save(path: str | os.PathLike, model: ResNet, classes: list[str] | None = Non
         raise UserError(f"{len(classes)} class names given for a model with {model.cfg.num_classes} classes")
     meta = Checkpoint(model, arch_name(model.cfg) or "custom", classes, preprocessing or Preprocessing(),
                       source).metadata()
+    write_safetensors(path, model, meta)
+
+
+def write_safetensors(path: str | os.PathLike, model: nn.Module, meta: dict[str, str]) -> None:
+    """``model``'s state dict (contiguous CPU copies) and ``meta`` as one safetensors file, written atomically:
+    the one writer of every kind of weights file (classifier, detector, localiser)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -237,6 +243,8 @@ def _existing(path: str | os.PathLike) -> Path:
 # --- reading tensors -----------------------------------------------------------------------------------------
 
 def read_safetensors(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, tensors) of a safetensors file: the one reader of every kind of weights file; a truncated or
+    foreign file is a one-line UserError."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError
-from ..files import atomic_path
 from ..model import ARCHS
+from ..weights import read_safetensors, write_safetensors
 from .retinanet import DetectorConfig, RetinaNet
 
 FORMAT = "resnet50-toolkit/detector/1"
@@ -60,9 +58,7 @@ def save_detector(path: str | os.PathLike, model: RetinaNet, classes: list[str],
         raise UserError(f"{len(classes)} class names given for a detector with {model.cfg.num_classes} classes")
     meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict()), "classes": json.dumps(list(classes)),
             "source": source}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, model, meta)
 
 
 def load_detector(path: str | os.PathLike, **overrides) -> DetectorCheckpoint:
@@ -112,12 +108,7 @@ def load_detector(path: str | os.PathLike, **overrides) -> DetectorCheckpoint:
 
 def _read(path: Path) -> tuple[dict, dict[str, Tensor]]:
     if path.suffix == ".safetensors":
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise UserError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises many types on foreign bytes; weights_only refuses code

@@ -42,6 +42,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..data import build_loader
 from ..data.decode import MAX_PIXELS, ImageDecodeError, Skipped, decode_image
 from ..errors import UserError
 
@@ -405,6 +406,20 @@ class DetectionSamples(Dataset):
     def __getitem__(self, index: int) -> Sample:
         flip = bool(self.hflip) and bool(torch.rand(()) < self.hflip)
         return load_sample(self.ds, index, self.size, flip)
+
+
+def training_loader(ds: CocoDataset, size: int, hflip: float, batch_size: int, world: int, workers: int,
+                    seed: int):
+    """The engine's loader over ``ds`` for a box task (detection, localisation): letterboxed to ``size``, mirrored
+    with probability ``hflip``, ``batch_size`` images a step split over ``world`` processes, decoded in ``workers``.
+    Raises UserError when the batch does not split or does not fit the images."""
+    if batch_size % world:
+        raise UserError(f"batch_size {batch_size} does not split over {world} processes; use a multiple")
+    if len(ds) < batch_size:
+        raise UserError(f"the training set ({len(ds)} images) is smaller than one batch of {batch_size}; lower "
+                        "--batch-size")
+    return build_loader(DetectionSamples(ds, size, hflip), batch_size // world, train=True, workers=workers,
+                        pin_memory=torch.cuda.is_available(), seed=seed, drop_last=True, collate=collate_detection)
 
 
 @dataclass

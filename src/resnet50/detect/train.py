@@ -22,16 +22,15 @@ import torch
 from torch import nn
 
 from .. import engine
-from ..data import build_loader
 from ..data.decode import MAX_PIXELS
 from ..data.loader import ResumableSampler
 from ..data.seeding import mix_seed
 from ..engine import Dist, Run
 from ..errors import UserError
 from ..files import pyplot, save_figure
-from ..recipes import OptimSpec, RunSpec, apply_overrides, config_from_dict
+from ..recipes import OptimSpec, RunSpec, TaskConfig, apply_overrides
 from .checkpoint import save_detector
-from .coco import CocoDataset, DetectionSamples, collate_detection
+from .coco import CocoDataset, training_loader
 from .evaluate import evaluate
 from .fpn import init_body, set_trainable_layers
 from .retinanet import DetectorConfig, RetinaNet
@@ -49,7 +48,7 @@ class DetectData:
 
 
 @dataclass
-class DetectTrainConfig:
+class DetectTrainConfig(TaskConfig):
     COMMAND: typing.ClassVar[str] = "resnet50 detect train"
 
     recipe: str = "coco"
@@ -60,15 +59,6 @@ class DetectTrainConfig:
     data: DetectData = field(default_factory=DetectData)
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=RunSpec)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DetectTrainConfig":
-        return config_from_dict(cls, d)
 
     def validate(self) -> None:
         validate(self)
@@ -222,15 +212,8 @@ class Detection:
         self.classes = list(self.train_set.classes)
         if cfg.model.num_classes != len(self.classes):
             cfg.model = dataclasses.replace(cfg.model, num_classes=len(self.classes))
-        if d.batch_size % ddp.world:
-            raise UserError(f"batch_size {d.batch_size} does not split over {ddp.world} processes; use a multiple")
-        if len(self.train_set) < d.batch_size:
-            raise UserError(f"the training set ({len(self.train_set)} images) is smaller than one batch of "
-                            f"{d.batch_size}; lower --batch-size")
-        samples = DetectionSamples(self.train_set, cfg.model.image_size, d.hflip)
-        self.train_loader = build_loader(samples, d.batch_size // ddp.world, train=True, workers=d.workers,
-                                         pin_memory=torch.cuda.is_available(), seed=cfg.run.seed, drop_last=True,
-                                         collate=collate_detection)
+        self.train_loader = training_loader(self.train_set, cfg.model.image_size, d.hflip, d.batch_size, ddp.world,
+                                            d.workers, cfg.run.seed)
         self.val_images = len(self.val_set) if self.val_set is not None else 0
         self.model = RetinaNet(cfg.model)
         if cfg.init_weights and checkpoint is None:
@@ -297,15 +280,9 @@ def train(cfg: DetectTrainConfig | None, resume: str | os.PathLike | dict | None
         cfg, checkpoint = resume_config(checkpoint["path"], {})
     if not cfg.run.name:
         cfg.run.name = f"{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tasks: list[Detection] = []
-
-    def task(*args) -> Detection:
-        tasks.append(Detection(*args))
-        return tasks[-1]
-    task.may_change = MAY_CHANGE
-    result = engine.fit(task, cfg, checkpoint, progress, log, tensorboard)
+    result, task = engine.fit(Detection, cfg, checkpoint, progress, log, tensorboard)
     result["best_map"] = result.pop("best")
-    return {**result, "val": tasks[0].last_val if tasks else None, "classes": tasks[0].classes}
+    return {**result, "val": task.last_val, "classes": task.classes}
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:

@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
 from ..detect.coco import CocoDataset, make_batch
 from ..detect.nms import box_iou
 from ..errors import UserError
-from ..files import atomic_path
+from ..weights import read_safetensors, write_safetensors
 from .model import Localizer, LocalizerConfig, to_xyxy
 
 FORMAT = "resnet50-toolkit/localizer/1"
@@ -54,9 +52,7 @@ def save_localizer(path: str | os.PathLike, model: Localizer, classes: list[str]
         raise UserError(f"{len(classes)} class names given for a localiser of {model.cfg.num_classes} classes")
     meta = {"format": FORMAT, "task": "localizer", "config": json.dumps(model.cfg.to_dict()),
             "classes": json.dumps(list(classes)), "source": source}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, model, meta)
 
 
 def load_localizer(path: str | os.PathLike) -> LocalizerCheckpoint:
@@ -67,13 +63,7 @@ def load_localizer(path: str | os.PathLike) -> LocalizerCheckpoint:
         p = next((p / n for n in ("best.safetensors", "final.safetensors") if (p / n).is_file()), p / "final.safetensors")
     if not p.is_file():
         raise UserError(f"no localiser at {p}; give a localiser's .safetensors or its run folder")
-    try:
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # not safetensors, truncated: many types
-        raise UserError(f"{p} is not a localiser's weights file ({type(e).__name__}); give the .safetensors a "
-                        "localize run wrote") from None
+    meta, tensors = read_safetensors(p)
     if meta.get("task") != "localizer":
         kind = meta.get("format", "") + " " + meta.get("schema", "")
         what = "a detector's" if "detector" in kind else \

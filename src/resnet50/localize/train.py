@@ -26,14 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import engine, weights
-from ..data import build_loader
-from ..detect.coco import CocoDataset, DetectionSamples, collate_detection
+from ..detect.coco import CocoDataset, training_loader
 from ..detect.nms import box_iou, generalized_box_iou
 from ..detect.train import DetectData
 from ..engine import Dist, Run
 from ..errors import UserError
 from ..files import pyplot, save_figure
-from ..recipes import OptimSpec, RunSpec, apply_overrides, config_from_dict
+from ..recipes import OptimSpec, RunSpec, TaskConfig, apply_overrides
 from .evaluate import evaluate, save_localizer
 from .model import Localizer, LocalizerConfig, from_xyxy, to_xyxy
 
@@ -41,7 +40,7 @@ SMOOTH_L1_BETA = 0.05
 
 
 @dataclass
-class LocalizeTrainConfig:
+class LocalizeTrainConfig(TaskConfig):
     COMMAND: typing.ClassVar[str] = "resnet50 localize train"
 
     recipe: str = "scenes"
@@ -52,15 +51,6 @@ class LocalizeTrainConfig:
     data: DetectData = field(default_factory=DetectData)
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=RunSpec)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LocalizeTrainConfig":
-        return config_from_dict(cls, d)
 
     def validate(self) -> None:
         o, d, r = self.optim, self.data, self.run
@@ -165,13 +155,8 @@ class Localization:
         self.classes = list(self.train_set.classes)
         if m.num_classes != len(self.classes):
             cfg.model = dataclasses.replace(m, num_classes=len(self.classes))
-        if d.batch_size % ddp.world or len(self.train_set) < d.batch_size:
-            raise UserError(f"batch_size {d.batch_size} must split over {ddp.world} process(es) and fit the "
-                            f"{len(self.train_set)} training images; lower --batch-size")
-        samples = DetectionSamples(self.train_set, cfg.model.image_size, d.hflip)
-        self.train_loader = build_loader(samples, d.batch_size // ddp.world, train=True, workers=d.workers,
-                                         pin_memory=torch.cuda.is_available(), seed=cfg.run.seed, drop_last=True,
-                                         collate=collate_detection)
+        self.train_loader = training_loader(self.train_set, cfg.model.image_size, d.hflip, d.batch_size, ddp.world,
+                                            d.workers, cfg.run.seed)
         self.val_images = len(self.val_set) if self.val_set is not None else 0
         self.model = Localizer(cfg.model)
         if cfg.init_weights and checkpoint is None:
@@ -238,15 +223,9 @@ def train(cfg: LocalizeTrainConfig, resume: str | os.PathLike | dict | None = No
     checkpoint = engine.load_checkpoint(resume, "localizer") if isinstance(resume, (str, os.PathLike)) else resume
     if not cfg.run.name:
         cfg.run.name = f"localize-{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tasks: list[Localization] = []
-
-    def task(*args) -> Localization:
-        tasks.append(Localization(*args))
-        return tasks[-1]
-    task.may_change = MAY_CHANGE
-    result = engine.fit(task, cfg, checkpoint, progress, log, tensorboard)
+    result, task = engine.fit(Localization, cfg, checkpoint, progress, log, tensorboard)
     result["best_top1_loc"] = result.pop("best")
-    return {**result, "val": tasks[0].last_val, "classes": tasks[0].classes}
+    return {**result, "val": task.last_val, "classes": task.classes}
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
