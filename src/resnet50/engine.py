@@ -1,6 +1,7 @@
-"""The training engine: the one loop under every task (classification, detection), task-free.
+"""The training engine: the one loop under every task (classification, detection, localisation), task-free.
 
-A task (``resnet50.train.Classification``, ``resnet50.detect.train.Detection``) hands the engine what is its own,
+A task (``train.Classification``, ``detect.train.Detection``, ``localize.train.Localization``) hands the engine
+what is its own,
 the :class:`Task` contract: its model, its training loader (``resnet50.data.Loader``), ``losses(run, net, batch,
 epoch)`` -> named loss terms and device-side counters, ``validate``, ``save_weights`` and ``plot``; ``kind`` names
 the checkpoint and ``best_key`` the validation figure that picks ``best.safetensors``. The engine owns the rest, so
