@@ -1,10 +1,9 @@
 """The training engine: the one loop under every task (classification, detection, localisation), task-free.
 
 A task (``train.Classification``, ``detect.train.Detection``, ``localize.train.Localization``) hands the engine
-what is its own,
-the :class:`Task` contract: its model, its training loader (``resnet50.data.Loader``), ``losses(run, net, batch,
-epoch)`` -> named loss terms and device-side counters, ``validate``, ``save_weights`` and ``plot``; ``kind`` names
-the checkpoint and ``best_key`` the validation figure that picks ``best.safetensors``. The engine owns the rest, so
+what is its own, the :class:`Task` contract: its model, its training loader (``resnet50.data.Loader``),
+``losses(run, net, batch, epoch)`` -> named loss terms and device-side counters, ``validate``, ``save_weights`` and
+``plot``; ``kind`` names the checkpoint and ``best_key`` the validation figure that picks ``best.safetensors``. The engine owns the rest, so
 each of these is written once (as detectron2's ``SimpleTrainer`` does with ``loss_dict = model(data)``, without its
 hooks): the process group and device, AMP (bf16, fp16 with a GradScaler), SyncBN/DDP/torch.compile, EMA, gradient
 accumulation, clipping, the learning-rate schedule, non-finite detection on the device, time budgets and limits,
