@@ -11,7 +11,7 @@ from resnet50 import create_model
 from resnet50.cam import (
     GT_COLOR,
     PRED_COLOR,
-    _upsample,
+    upsample_map,
     box_from_heatmap,
     cam,
     connected_components,
@@ -102,7 +102,7 @@ def test_grad_cam_on_layer4_is_cam_over_the_number_of_positions():
     assert g.classes.tolist() == c.classes.tolist()
     torch.testing.assert_close(g.maps * (3 * 2), c.maps, rtol=1e-4, atol=1e-5)  # alpha_k = w_ck / (h w)
     # the heatmaps differ only by the papers' normalisations: Grad-CAM's ReLU and max, CAM's min and max
-    up = _upsample(c.maps.clamp_min(0), (96, 64), 32)
+    up = upsample_map(c.maps.clamp_min(0), (96, 64), 32)
     torch.testing.assert_close(g.heatmaps, up / up.amax((1, 2), keepdim=True), rtol=1e-4, atol=1e-5)
     assert all(p.grad is None for p in model.parameters())
 
@@ -151,7 +151,7 @@ def test_dilated_reads_the_strides_off_the_modules():
 
 def test_upsampling_places_each_cell_on_its_receptive_field_and_a_dense_map_on_its_originals_grid():
     coarse = torch.randn(2, 4, 6)
-    up = _upsample(coarse, (128, 192), 32)
+    up = upsample_map(coarse, (128, 192), 32)
     torch.testing.assert_close(up[:, ::32, ::32], coarse)  # cell (i, j) lands on pixel (32 i, 32 j)
     torch.testing.assert_close(up[:, 16, 48], coarse[:, :2, 1:3].mean((1, 2)))  # halfway: the mean of four cells
     torch.testing.assert_close(up[:, 100:, 170:], coarse[:, 3:, 5:].expand(2, 28, 22))  # past the last cell: edge
@@ -161,7 +161,7 @@ def test_upsampling_places_each_cell_on_its_receptive_field_and_a_dense_map_on_i
     wy = (1 - (u[:, None] - torch.arange(4)[None]).abs()).clamp_min(0)
     wx = (1 - (v[:, None] - torch.arange(6)[None]).abs()).clamp_min(0)
     dense = torch.einsum("yh,nhw,xw->nyx", wy, coarse, wx)
-    torch.testing.assert_close(_upsample(dense, (128, 192), 8), up)
+    torch.testing.assert_close(upsample_map(dense, (128, 192), 8), up)
 
 
 def test_dilated_refuses_what_it_cannot_do():

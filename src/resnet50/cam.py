@@ -42,7 +42,7 @@ from .model import ResNet, ZeroPadShortcut
 from .scenes import iou
 
 __all__ = ["CamResult", "box_from_heatmap", "cam", "class_activation_maps", "connected_components", "dilated",
-           "draw_overlay", "grad_cam", "iou", "localization_accuracy", "upscale_factor"]
+           "draw_overlay", "grad_cam", "iou", "localization_accuracy", "upsample_map", "upscale_factor"]
 
 THRESHOLD = 0.2  # the CAM paper's: 20 % of the heatmap's maximum
 
@@ -95,7 +95,7 @@ def _finish(maps: Tensor, logits: Tensor, classes: Tensor, size: tuple[int, int]
     """Upsample (bilinear), normalise to [0, 1] (min-max, or ReLU and max when ``relu``), box: in fp32 on the CPU."""
     with torch.autocast(maps.device.type, enabled=False), torch.no_grad():
         maps, logits, classes = maps.detach().float().cpu(), logits.detach().float().cpu(), classes.cpu()
-        up = _upsample(maps.clamp_min(0) if relu else maps, size, stride)
+        up = upsample_map(maps.clamp_min(0) if relu else maps, size, stride)
         lo = torch.zeros(len(up), 1, 1) if relu else up.amin((1, 2), keepdim=True)
         hi = up.amax((1, 2), keepdim=True)
         heat = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))
@@ -131,7 +131,7 @@ def cam(model: ResNet, images: Tensor, target: int | Sequence[int] | Tensor | No
 
     The map is the fc weights of the class over the last stage (``forward_pyramid``'s last entry: C5, stride 32
     for the ImageNet stem, so 4 x 4 at 128 px); it is upsampled to H x W (bilinear, each cell on the
-    centre of its receptive field: ``_upsample``; the authors' code resizes with half-pixel centres, which puts
+    centre of its receptive field: ``upsample_map``; the authors' code resizes with half-pixel centres, which puts
     the map half a cell off what it sees) and normalised to [0, 1] by its minimum and maximum (the authors' code);
     a constant map gives zeros. For a finer map pass ``dilated(model, 8)``: the same weights, 16 x 16 at 128 px.
     The model runs in eval mode whatever mode it is in, and is given back in its own mode (``_evaluating``).
@@ -248,7 +248,7 @@ def dilated(model: ResNet, output_stride: int = 8) -> ResNet:
     return dense
 
 
-def _upsample(maps: Tensor, size: tuple[int, int], stride: int) -> Tensor:
+def upsample_map(maps: Tensor, size: tuple[int, int], stride: int) -> Tensor:
     """Bilinear upsampling of (N, h, w) maps of a stage of output ``stride`` to ``size`` (H, W) input pixels, each
     cell placed where its receptive field is centred: cell ``i`` on pixel ``stride * i`` (``feature_stride``).
     Pixel ``p`` reads the map at ``p / stride`` cells, clamped to the first and last cell. (``F.interpolate``'s

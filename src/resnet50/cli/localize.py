@@ -1,4 +1,5 @@
-"""resnet50 localize train|evaluate|predict|export|demo: one object per image, its class and box (resnet50.localize)."""
+"""resnet50 localize train|evaluate|predict|export|demo|wsol: one object per image, its class and box
+(resnet50.localize; wsol: resnet50.localize.wsol)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
 from ..localize.evaluate import evaluate, load_localizer
 from ..localize.predict import export_onnx, locate_files
 from ..localize.train import RECIPES, LocalizeTrainConfig, resolve, resume_config, single_objects, train
+from ..localize.wsol import run_wsol
 from . import add_config_flags, config_overrides, print_json
 
 
@@ -50,6 +52,23 @@ def register(sub) -> None:
     for flag in ("epochs", "time_budget", "max_steps", "amp", "threads", "arch"):
         d.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
     _common(d, run_demo)
+    w = lsub.add_parser("wsol", help="weakly supervised boxes from a classifier: DDT pseudo boxes (PSOL), CAM by "
+                                     "the 20 %% rule and by Choe et al.'s held-out threshold, heat offsets",
+                        description="Boxes never read in training: DDT (Wei et al. 2019) on the training images' "
+                                    "descriptors (labels only) writes pseudo boxes for PSOL (then: resnet50 localize "
+                                    "train --train OUT/pseudo --regression scr); CAM and DDT are scored on --val; "
+                                    "--held-out (a few boxed images, e.g. 100) chooses their thresholds.")
+    w.add_argument("--weights", required=True, help="a classifier trained with class labels (or a localiser: its "
+                                                    "classifier)")
+    w.add_argument("--train", required=True, help="COCO folder of single-object images: DDT reads their labels")
+    w.add_argument("--held-out", required=True, help="COCO folder of a few boxed images that choose the thresholds")
+    w.add_argument("--val", required=True, help="COCO folder scored (its boxes are read only to score)")
+    w.add_argument("--out", required=True, help="folder for pseudo/, wsol.json and offsets.png")
+    w.add_argument("--image-size", type=int, default=128, help="letterbox side the classifier reads (default 128)")
+    w.add_argument("--class-agnostic", action="store_true", help="one DDT component for all classes")
+    w.add_argument("--stage", choices=("C4", "C5"), default="C4", help="descriptor stage (default C4, layer3)")
+    w.add_argument("--batch-size", type=int, default=32)
+    _common(w, run_wsol_cmd)
 
 
 def _common(p, func) -> None:
@@ -118,4 +137,23 @@ def run_demo(args) -> int:
         print(f"localisation demo: plain top-1 loc {p['top1_loc']:.2%} (GT-known {p['gt_known_loc']:.2%}), cluttered "
               f"{c['top1_loc']:.2%} ({c['gt_known_loc']:.2%}) after {s['train_seconds'] / 60:.1f} min; boxes drawn "
               f"in {s['picture']}")
+    return 0
+
+
+def run_wsol_cmd(args) -> int:
+    r = run_wsol(args.weights, args.train, args.held_out, args.val, args.out, args.image_size,
+                 not args.class_agnostic, args.stage, args.batch_size, progress=not args.no_progress,
+                 log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json(r)
+        return 0
+    d, c = r["ddt"], r["cam"]
+    print(f"DDT (threshold {d['threshold']} from {r['held_out_images']} held-out images): top-1 loc "
+          f"{d['val']['top1_loc']:.2%}, GT-known {d['val']['gt_known_loc']:.2%} on {r['val_images']} images")
+    print(f"CAM 20 % rule: top-1 loc {c['rule_20']['top1_loc']:.2%}, GT-known {c['rule_20']['gt_known_loc']:.2%}; "
+          f"held-out threshold {c['choe']['threshold']}: {c['choe']['top1_loc']:.2%}, {c['choe']['gt_known_loc']:.2%}")
+    o = r["offsets"]["cam"]
+    if o.get("maps"):
+        print(f"CAM heat centroid offset: median x {o['median_x']:+.1f} px, y {o['median_y']:+.1f} px")
+    print(f"pseudo boxes: {r['pseudo_boxes']}; offsets histogram: {r['offsets_picture']}")
     return 0
