@@ -27,6 +27,26 @@ def test_cli_evaluate_and_predict(shapes, tmp_path, capsys):
     a = json.loads(capsys.readouterr().out)
     assert a["map"] == r["map"] and 0 <= a["class_agnostic"]["map"] <= 1 and set(a["class_agnostic"]) == {
         "map", "map50", "map75"}
+    # --results: COCO's results format, read back by pycocotools' loadRes, scores the same mAP
+    res = tmp_path / "results.json"
+    assert main(["detect", "evaluate", "--weights", str(tmp_path / "det.safetensors"), "--data", str(val_dir),
+                 "--json", "--no-progress", "--results", str(res)]) == 0
+    w = json.loads(capsys.readouterr().out)
+    rows = json.loads(res.read_text())
+    assert w["results"] == str(res) and len(rows) == w["detections"] > 0 and w["map"] == r["map"]
+    assert set(rows[0]) == {"image_id", "category_id", "bbox", "score"}
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from resnet50.detect.coco import find_instances_json
+
+    gt = COCO(str(find_instances_json(val_dir)))
+    ev = COCOeval(gt, gt.loadRes(str(res)), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    capsys.readouterr()  # pycocotools prints
+    assert abs(ev.stats[0] - r["map"]) < 1e-12
     (tmp_path / "broken.png").write_bytes(b"nope")
     assert main(["detect", "predict", str(val_dir / "images" / "001.png"), str(tmp_path / "broken.png"),
                  "--weights", str(tmp_path / "det.safetensors"), "--out", str(tmp_path / "pics"),

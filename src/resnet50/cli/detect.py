@@ -76,6 +76,9 @@ def _register_evaluate(dsub) -> None:
                         "rest and say what was lost)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse images whose header claims more pixels (default {MAX_PIXELS:,})")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="also write the detections in COCO's results format (a JSON list of image_id, category_id, "
+                        "bbox [x, y, w, h] in image pixels, score: what pycocotools' loadRes reads)")
     _common(p)
     p.set_defaults(func=run_evaluate)
 
@@ -84,7 +87,8 @@ def run_evaluate(args) -> int:
 
     r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
                          class_agnostic=args.class_agnostic, strict=args.strict, max_pixels=args.max_pixels,
-                         image_size=args.image_size, score_thresh=args.score_thresh, bn_eps=args.bn_eps)
+                         results_path=args.results, image_size=args.image_size, score_thresh=args.score_thresh,
+                         bn_eps=args.bn_eps)
     if args.json:
         print_json(r)
         return 0

@@ -504,7 +504,7 @@ def coco_evaluate(ground_truth: dict, results: list[dict], classes: list[str] | 
         if not results:  # pycocotools cannot load an empty result list: nothing detected is AP 0 everywhere
             return {**dict.fromkeys(keys, 0.0), "per_class": {n: 0.0 for n in names} if use_cats else {},
                     "images": len(ground_truth["images"]), "detections": 0}
-        dt = gt.loadRes(results)
+        dt = gt.loadRes([dict(r) for r in results])  # loadRes adds area, id, ... to the dicts it is given
         ev = COCOeval(gt, dt, "bbox")
         ev.params.useCats = int(use_cats)
         ev.evaluate()

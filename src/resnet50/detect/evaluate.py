@@ -8,6 +8,7 @@ dataset's classes it lacks score AP 0.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from ..data.decode import MAX_PIXELS
 from ..errors import UserError
+from ..files import write_json
 from .checkpoint import load_detector
 from .coco import CocoDataset, coco_evaluate, make_batch
 from .retinanet import RetinaNet, postprocess
@@ -46,10 +48,14 @@ def detect_dataset(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, devi
 
 def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
              amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False,
-             classes: list[str] | None = None, class_agnostic: bool = False) -> dict:
+             classes: list[str] | None = None, class_agnostic: bool = False,
+             results_path: str | os.PathLike | None = None, keep_results: bool = False) -> dict:
     """pycocotools metrics of ``model`` on ``ds``. ``classes``: the model's class names (default: the dataset's).
     ``class_agnostic`` adds ``class_agnostic``: map, map50, map75 with labels ignored (``coco_evaluate``'s
-    use_cats=False): what the boxes score when only finding and placing the objects counts."""
+    use_cats=False): what the boxes score when only finding and placing the objects counts. ``results_path``:
+    also write the detections scored, in COCO's results format (a JSON list of {image_id, category_id, bbox
+    [x, y, w, h] in the image's pixels, score}: what pycocotools' ``loadRes`` and other tools read), atomically;
+    ``keep_results`` returns that list as ``coco_results`` instead."""
     ids, dets, skipped = detect_dataset(model, ds, batch_size, device, amp, channels_last, progress)
     to_category = category_map(classes or ds.classes, ds)
     results = []
@@ -73,6 +79,10 @@ def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=tor
         agnostic = coco_evaluate(gt, results, use_cats=False)
         metrics["class_agnostic"] = {k: agnostic[k] for k in ("map", "map50", "map75")}
     metrics["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    if keep_results:
+        metrics["coco_results"] = results
+    elif results_path is not None:
+        write_json(results_path, results, indent=None)
     return metrics
 
 
@@ -90,7 +100,7 @@ def category_map(model_classes: list[str], ds: CocoDataset) -> list[int | None]:
 
 def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str = "cpu", progress: bool = True,
                      class_agnostic: bool = False, strict: bool = False, max_pixels: int = MAX_PIXELS,
-                     **overrides) -> dict:
+                     results_path: str | os.PathLike | None = None, **overrides) -> dict:
     """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``. The result
     says what the measure lost: ``lost_images`` (image entries whose files are missing, and files that did not
     decode) with examples in ``missing`` and ``skipped_files``; ``strict`` refuses (UserError) any loss instead."""
@@ -101,11 +111,14 @@ def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str 
                         "file_names or drop --strict to measure on the rest")
     dev = torch.device(device)
     metrics = evaluate(ckpt.model.to(dev), ds, batch_size, dev, progress=progress, classes=ckpt.classes,
-                       class_agnostic=class_agnostic)
+                       class_agnostic=class_agnostic, keep_results=results_path is not None)
     if strict and metrics["skipped_files"]:
         s = metrics["skipped_files"][0]
         raise UserError(f"{len(metrics['skipped_files'])} image(s) of {ds.json_path} could not be read, e.g. "
                         f"{s['path']}: {s['reason']}; fix them or drop --strict to measure on the rest")
+    if results_path is not None:
+        write_json(results_path, metrics.pop("coco_results"), indent=None)
     lost = len(ds.missing) + len(metrics["skipped_files"])
     return {"weights": str(weights), "data": str(ds.json_path), "dataset": ds.stats.to_dict(),
-            "listed_images": len(ds) + len(ds.missing), "lost_images": lost, "missing": ds.missing, **metrics}
+            "listed_images": len(ds) + len(ds.missing), "lost_images": lost, "missing": ds.missing, **metrics,
+            **({"results": str(results_path)} if results_path is not None else {})}
