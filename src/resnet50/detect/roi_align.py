@@ -118,11 +118,14 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tu
     step = max(1, GATHER_BUDGET // (ph * pw * 4 * gy * gx * c))
     for s in range(0, k, step):
         sl = slice(s, s + step)
-        # every (bin row, sample row) x (bin column, sample column) corner: (k', ph, pw, 2gy, 2gx)
-        idx = (base[sl, None, None, None, None] + y_idx[sl, :, None, :, None] * w + x_idx[sl, None, :, None, :])
-        vals = flat.index_select(0, idx.reshape(-1)).reshape(*idx.shape, c)
+        # every bin's (sample row, corner) x (sample column, corner) cells and their weights: (k', ph, pw, 2gy, 2gx)
+        idx = base[sl, None, None, None, None] + y_idx[sl, :, None, :, None] * w + x_idx[sl, None, :, None, :]
+        wts = y_wt[sl, :, None, :, None] * x_wt[sl, None, :, None, :]
+        rows = idx.shape[0] * ph * pw
+        vals = flat.index_select(0, idx.reshape(-1)).reshape(rows, 4 * gy * gx, c)
         with torch.autocast(input.device.type, enabled=False):  # float32 maps stay float32 under autocast
-            out.append(torch.einsum("kpqabc,kpa,kqb->kcpq", vals, y_wt[sl], x_wt[sl]))
+            pooled = torch.bmm(wts.reshape(rows, 1, 4 * gy * gx), vals)  # (rows, 1, C): the weighted sum per bin
+        out.append(pooled.reshape(-1, ph, pw, c).permute(0, 3, 1, 2))
     return torch.cat(out) / count[:, None, None, None]
 
 
