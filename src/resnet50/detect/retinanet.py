@@ -159,22 +159,27 @@ def make_anchors(cfg: DetectorConfig, height: int, width: int, device=None) -> t
     return torch.cat(anchors).to(device), counts
 
 
-def encode_boxes(boxes: Tensor, anchors: Tensor) -> Tensor:
+def encode_boxes(boxes: Tensor, anchors: Tensor,
+                 weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
     """Regression targets (dx, dy, dw, dh) of ``boxes`` relative to ``anchors`` (both (N, 4) xyxy): centre offsets
-    in anchor widths/heights and log size ratios (R-CNN's parameterisation, weights 1 as RetinaNet)."""
+    in anchor widths/heights and log size ratios (R-CNN's parameterisation), times ``weights`` (torchvision's
+    BoxCoder: 1 for RetinaNet and the RPN, (10, 10, 5, 5) for Faster R-CNN's box head)."""
+    wx, wy, ww, wh = weights
     aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
     ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
-    return torch.stack([(bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)], dim=1)
+    return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)],
+                       dim=1)
 
 
-def decode_boxes(deltas: Tensor, anchors: Tensor) -> Tensor:
+def decode_boxes(deltas: Tensor, anchors: Tensor,
+                 weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
     """The inverse of ``encode_boxes``: boxes (..., 4 xyxy) from deltas and anchors; sizes clamped (BBOX_XFORM_CLIP)."""
     deltas = deltas.float()
     aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
     ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
-    dx, dy, dw, dh = deltas.unbind(-1)
+    dx, dy, dw, dh = (d / wt for d, wt in zip(deltas.unbind(-1), weights))
     cx, cy = dx * aw + ax, dy * ah + ay
     w, h = torch.exp(dw.clamp(max=BBOX_XFORM_CLIP)) * aw, torch.exp(dh.clamp(max=BBOX_XFORM_CLIP)) * ah
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
