@@ -8,14 +8,19 @@ layout, trained and measured on COCO-format folders.
     detections = postprocess(model, (cls_logits, deltas), (128, 128))   # boxes, scores, labels per image
 
 Modules, in the order data flows: ``nms`` (box ops, batched NMS), ``fpn`` (the backbone with its pyramid),
-``retinanet`` (config, anchors, head, losses, post-processing), ``coco`` (data checks, batches, pycocotools),
+``retinanet`` (config, anchors, head, losses, post-processing), ``roi_align`` and ``fasterrcnn`` (Faster R-CNN in
+torchvision's layout: ``create_fasterrcnn``, ``FasterRCNN.loss``, ``FasterRCNN.postprocess``), ``coco`` (data
+checks, batches, pycocotools),
 ``checkpoint`` (our files and torchvision's), ``train``, ``evaluate``, ``predict`` (pictures), ``export`` (ONNX),
 ``demo``. The CLI is ``resnet50 detect train|evaluate|predict|demo``.
 """
 
 from .checkpoint import DetectorCheckpoint, load_detector, save_detector
+from .fasterrcnn import FasterRCNN, FasterRCNNConfig, create_fasterrcnn
 from .nms import batched_nms, box_iou, nms
 from .retinanet import DetectorConfig, RetinaNet, create_detector, num_params, postprocess
+from .roi_align import MultiScaleRoIAlign, roi_align
 
-__all__ = ["DetectorCheckpoint", "DetectorConfig", "RetinaNet", "batched_nms", "box_iou", "create_detector",
-           "load_detector", "nms", "num_params", "postprocess", "save_detector"]
+__all__ = ["DetectorCheckpoint", "DetectorConfig", "FasterRCNN", "FasterRCNNConfig", "MultiScaleRoIAlign", "RetinaNet",
+           "batched_nms", "box_iou", "create_detector", "create_fasterrcnn", "load_detector", "nms", "num_params",
+           "postprocess", "roi_align", "save_detector"]
