@@ -52,6 +52,10 @@ def register(sub) -> None:
     for flag in ("epochs", "time_budget", "max_steps", "amp", "threads", "arch"):
         d.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
     _common(d, run_demo)
+    _register_wsol(lsub)
+
+
+def _register_wsol(lsub) -> None:
     w = lsub.add_parser("wsol", help="weakly supervised boxes from a classifier: DDT pseudo boxes (PSOL), CAM by "
                                      "the 20 %% rule and by Choe et al.'s held-out threshold, heat offsets",
                         description="Boxes never read in training: DDT (Wei et al. 2019) on the training images' "
