@@ -144,8 +144,9 @@ def test_resume_refuses_a_contradicting_config(data, tmp_path):
 
 def test_bad_data_is_a_clear_error_before_training(tmp_path):
     out = subprocess.run([sys.executable, "-m", "resnet50", "train", "--data", str(tmp_path / "missing")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # a refused run leaves no run folder behind
     (tmp_path / "empty").mkdir()
     out = subprocess.run([sys.executable, "-m", "resnet50", "train", "--data", str(tmp_path / "empty")],
                          capture_output=True, text=True)

@@ -428,8 +428,6 @@ def setup(task_factory, cfg, checkpoint: dict | None = None, log=print) -> Run:
     from ``task_factory(cfg, ddp, checkpoint, log)``), optimiser, scaler, EMA, wrapping."""
     ddp, device = start_process(cfg.run)
     run_dir = Path(cfg.run.out) / cfg.run.name
-    if ddp.main:
-        output_dir(run_dir, "--out/--name")
     task = task_factory(cfg, ddp, checkpoint, log if ddp.main else (lambda *a: None))
     if checkpoint is not None and checkpoint.get("classes") not in (None, list(task.classes)):
         raise UserError(f"the run's data now has classes {list(task.classes)[:5]}..., the run was trained on "
@@ -438,6 +436,8 @@ def setup(task_factory, cfg, checkpoint: dict | None = None, log=print) -> Run:
     if per_rank == 1 and has_batchnorm(task.model):
         raise UserError(f"a batch of 1 image per process cannot train BatchNorm (its batch statistics need at least "
                         f"2 values per channel); raise --batch-size to at least {2 * ddp.world}")
+    if ddp.main:  # after the task has checked its data: a refused run leaves no folder behind
+        output_dir(run_dir, "--out/--name")
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model = task.model.to(device, memory_format=memory_format)
     o, r = cfg.optim, cfg.run
