@@ -1,4 +1,5 @@
-"""resnet50 detect train|evaluate|predict|demo: RetinaNet on COCO-format data (resnet50.detect)."""
+"""resnet50 detect train|evaluate|predict|export|demo: RetinaNet or Faster R-CNN (--detector) on COCO-format data
+(resnet50.detect)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,27 @@ from ..data.decode import MAX_PIXELS
 from ..data.discover import expand_inputs
 from ..detect.checkpoint import load_detector
 from ..detect.demo import TRAIN_SCENES, VAL_SCENES, run_detect_demo
+from ..detect.detectors import DETECTORS
 from ..detect.evaluate import evaluate_weights
+from ..detect.export import export_detector
 from ..detect.predict import detect_files
-from ..detect.train import RECIPES, DetectTrainConfig, resolve, resume_config, train
+from ..detect.train import RECIPES, DetectTrainConfig, RCNNTrainConfig, resolve, resume_config, train
 from ..engine import elastic_restart
+from ..recipes import flat_fields
 from . import add_config_flags, config_overrides, print_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("detect", help="object detection: RetinaNet on ResNet + FPN (train, evaluate, predict, demo)",
-                       description="RetinaNet (Lin et al. 2017) with torchvision's parameter layout, on COCO-format "
-                                   "folders (an instances JSON and its images).")
+    p = sub.add_parser("detect", help="object detection: RetinaNet or Faster R-CNN on ResNet + FPN (train, evaluate, "
+                                      "predict, export, demo)",
+                       description="RetinaNet (Lin et al. 2017) and Faster R-CNN (Ren et al. 2015) with FPN, in "
+                                   "torchvision's parameter layouts, on COCO-format folders (an instances JSON and its "
+                                   "images). --detector chooses; --arch names the backbone ResNet, as everywhere.")
     dsub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
     _register_train(dsub)
     _register_evaluate(dsub)
     _register_predict(dsub)
+    _register_export(dsub)
     _register_demo(dsub)
 
 
@@ -29,21 +36,29 @@ def _common(p) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _detector_check(p) -> None:
+    p.add_argument("--detector", default=None, choices=list(DETECTORS),
+                   help="refuse weights that hold the other detector (the file says which it holds)")
+
+
 def _register_train(dsub) -> None:
     p = dsub.add_parser("train", help="train a detector with a named recipe; every config field is a flag",
-                        description="Train RetinaNet on a COCO folder (--train, --val). Recipes: coco (torchvision's "
-                                    "RetinaNet schedule), scenes (the CPU demo). Every config field is a flag.")
-    p.add_argument("--recipe", default="scenes", choices=list(RECIPES))
+                        description="Train RetinaNet or Faster R-CNN (--detector) on a COCO folder (--train, --val). "
+                                    "Recipes of each: coco (torchvision's schedule for it), scenes (the CPU demo). "
+                                    "Every config field is a flag (Faster R-CNN's rpn_* and box_* with --detector "
+                                    "fasterrcnn).")
+    p.add_argument("--recipe", default="scenes", choices=sorted({r for d in RECIPES.values() for r in d}))
     p.add_argument("--resume", default=None, metavar="RUN", help="a detection run folder or last.pt to continue")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard events to RUN/tensorboard (needs the extra resnet50[tensorboard])")
     add_config_flags(p, DetectTrainConfig)
+    add_config_flags(p, RCNNTrainConfig, skip=tuple(flat_fields(DetectTrainConfig)))
     _common(p)
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
-    overrides = config_overrides(args, DetectTrainConfig)
+    overrides = {**config_overrides(args, DetectTrainConfig), **config_overrides(args, RCNNTrainConfig)}
     # a worker that torchrun --max-restarts restarted continues its run's last checkpoint by itself
     resume = args.resume or elastic_restart(resolve(args.recipe, overrides).run)
     if resume:  # the checkpoint's config; options given now may change only what a resume allows
@@ -63,8 +78,10 @@ def run_train(args) -> int:
 
 def _register_evaluate(dsub) -> None:
     p = dsub.add_parser("evaluate", help="mAP@[.5:.95], mAP@.5 and per-class AP with pycocotools")
-    p.add_argument("--weights", required=True, help="a detector file (ours or a torchvision RetinaNet .pth) or run")
+    p.add_argument("--weights", required=True, help="a detector file (ours, or a torchvision RetinaNet or Faster "
+                                                    "R-CNN .pth) or run")
     p.add_argument("--data", required=True, help="a COCO folder (instances JSON + images) or the JSON")
+    _detector_check(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=None, help="letterbox size; default the checkpoint's")
     p.add_argument("--score-thresh", type=float, default=None, help="default the checkpoint's (0.05)")
@@ -87,8 +104,8 @@ def run_evaluate(args) -> int:
 
     r = evaluate_weights(args.weights, args.data, args.batch_size, progress=not args.no_progress,
                          class_agnostic=args.class_agnostic, strict=args.strict, max_pixels=args.max_pixels,
-                         results_path=args.results, image_size=args.image_size, score_thresh=args.score_thresh,
-                         bn_eps=args.bn_eps)
+                         results_path=args.results, detector=args.detector, image_size=args.image_size,
+                         score_thresh=args.score_thresh, bn_eps=args.bn_eps)
     if args.json:
         print_json(r)
         return 0
@@ -119,7 +136,9 @@ def run_evaluate(args) -> int:
 def _register_predict(dsub) -> None:
     p = dsub.add_parser("predict", help="detect objects in image files; draw boxes into PNGs, print JSON")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="a detector file (ours or a torchvision RetinaNet .pth) or run")
+    p.add_argument("--weights", required=True, help="a detector file (ours, or a torchvision RetinaNet or Faster "
+                                                    "R-CNN .pth) or run")
+    _detector_check(p)
     p.add_argument("--out", default=None, help="folder for the pictures (boxes, labels, scores); default none")
     p.add_argument("--min-score", type=float, default=0.3, help="report detections scoring at least this")
     p.add_argument("--batch-size", type=int, default=8)
@@ -129,7 +148,7 @@ def _register_predict(dsub) -> None:
 
 def run_predict(args) -> int:
 
-    ckpt = load_detector(args.weights)
+    ckpt = load_detector(args.weights, detector=args.detector)
     found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
     if args.json:
         print_json([f.to_dict() for f in found])
@@ -140,6 +159,30 @@ def run_predict(args) -> int:
             continue
         what = ", ".join(f"{d['label']} {d['score']:.2f}" for d in f.detections) or "nothing"
         print(f"{f.file}: {what}" + (f" -> {f.picture}" if f.picture else ""))
+    return 0
+
+
+def _register_export(dsub) -> None:
+    p = dsub.add_parser("export", help="the detector's network to ONNX, checked against eager PyTorch",
+                        description="Export the network part of a detector (normalisation, backbone, FPN and the "
+                                    "dense heads: RetinaNet's class and box outputs, Faster R-CNN's pyramid and RPN "
+                                    "outputs) to ONNX with a dynamic batch, and check ONNX Runtime's outputs against "
+                                    "eager PyTorch on random images. Anchors, proposals, RoI heads and NMS stay in "
+                                    "torch (resnet50.detect.export).")
+    p.add_argument("--weights", required=True, help="a detector file or run folder")
+    _detector_check(p)
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    r = export_detector(load_detector(args.weights, detector=args.detector), args.out)
+    if args.json:
+        print_json(r)
+    else:
+        print(f"wrote {r['onnx']} ({r['detector']}, {r['megabytes']:.1f} MB); ONNX Runtime vs eager: largest "
+              f"difference {r['max_abs_diff']:.2e} over {', '.join(r['outputs'])}")
     return 0
 
 

@@ -20,11 +20,11 @@ from ..errors import UserError
 from ..files import output_dir, write_json
 from .checkpoint import load_detector
 from .coco import CocoDataset, coco_evaluate, make_batch
-from .retinanet import RetinaNet, postprocess
+from .detectors import Detector
 
 
 @torch.no_grad()
-def detect_dataset(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
+def detect_dataset(model: Detector, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
                    amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False):
     """Detections for every image of ``ds``: (image ids, detections with boxes in original pixels, skipped files)."""
     model.eval()
@@ -40,14 +40,14 @@ def detect_dataset(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, devi
         images = batch.images.to(device).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
             outputs = model(images)
-        for det, scale in zip(postprocess(model, outputs, (size, size), batch.valid_hw), batch.scales):
+        for det, scale in zip(model.postprocess(outputs, (size, size), batch.valid_hw), batch.scales):
             dets.append({"boxes": det["boxes"].cpu() / scale, "scores": det["scores"].cpu(),
                          "labels": det["labels"].cpu()})
         ids += batch.image_ids
     return ids, dets, skipped
 
 
-def evaluate(model: RetinaNet, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
+def evaluate(model: Detector, ds: CocoDataset, batch_size: int = 32, device=torch.device("cpu"),
              amp: torch.dtype | None = None, channels_last: bool = False, progress: bool = False,
              classes: list[str] | None = None, class_agnostic: bool = False,
              results_path: str | os.PathLike | None = None, keep_results: bool = False) -> dict:
@@ -102,7 +102,7 @@ def category_map(model_classes: list[str], ds: CocoDataset) -> list[int | None]:
 def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str = "cpu", progress: bool = True,
                      class_agnostic: bool = False, strict: bool = False, max_pixels: int = MAX_PIXELS,
                      results_path: str | os.PathLike | None = None, **overrides) -> dict:
-    """Load detector ``weights`` (ours or torchvision's) and evaluate them on the COCO folder ``data``. The result
+    """Load detector ``weights`` (ours or torchvision's; ``overrides``: ``load_detector``'s) and evaluate them on the COCO folder ``data``. The result
     says what the measure lost: ``lost_images`` (image entries whose files are missing, and files that did not
     decode) with examples in ``missing`` and ``skipped_files``; ``strict`` refuses (UserError) any loss instead."""
     ckpt = load_detector(weights, **overrides)

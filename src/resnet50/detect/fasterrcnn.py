@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +148,11 @@ class FasterRCNNConfig:
     @property
     def num_anchors(self) -> int:
         return len(self.aspect_ratios)
+
+    @property
+    def num_labels(self) -> int:
+        """The classes a user names: ``num_classes`` less the background."""
+        return self.num_classes - 1
 
     @classmethod
     def from_dict(cls, d: dict) -> FasterRCNNConfig:
@@ -377,6 +382,11 @@ class FasterRCNN(nn.Module):
     """``forward(images)`` -> {"features": [P2..P6], "objectness": (N, sum HWA), "deltas": (N, sum HWA, 4)}, the
     dense part; ``loss`` and ``postprocess`` run the proposals and the RoI heads on it. ``images``: (N, C, H, W)
     floats in 0..1 (not normalised)."""
+
+    name: ClassVar[str] = "fasterrcnn"  # the detector's name in checkpoints and on the command line (--detector)
+    # which loss terms are classification and which box regression (curves and progress lines)
+    loss_groups: ClassVar[dict[str, str]] = {"loss_objectness": "cls", "loss_rpn_box_reg": "box", "loss_classifier": "cls",
+                   "loss_box_reg": "box"}
 
     def __init__(self, cfg: FasterRCNNConfig) -> None:
         super().__init__()

@@ -22,7 +22,6 @@ from ..errors import UserError
 from ..files import atomic_path, output_dir
 from .checkpoint import DetectorCheckpoint
 from .coco import letterbox
-from .retinanet import postprocess
 
 # matplotlib's tab10: distinct on white and on black
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -73,7 +72,7 @@ def detect_files(files: Sequence[Path], ckpt: DetectorCheckpoint, min_score: flo
         if inputs:
             outputs = model(torch.stack(inputs).to(device))
             valid = [(r.height * s, r.width * s) for r, s in zip([r for r in recs if r.error is None], scales)]
-            dets = iter(postprocess(model, outputs, (cfg.image_size, cfg.image_size), valid))
+            dets = iter(model.postprocess(outputs, (cfg.image_size, cfg.image_size), valid))
             scale_iter = iter(scales)
         for rec, arr in zip(recs, pixels):
             if rec.error is not None:

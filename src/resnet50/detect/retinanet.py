@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,11 @@ class DetectorConfig:
     @property
     def num_anchors(self) -> int:
         return len(self.anchor_scales) * len(self.aspect_ratios)
+
+    @property
+    def num_labels(self) -> int:
+        """The classes a user names (a sigmoid per class: no background class)."""
+        return self.num_classes
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectorConfig":
@@ -330,6 +335,10 @@ class RetinaNet(nn.Module):
     """``forward(images)`` -> (cls_logits (N, HWA, K), bbox_regression (N, HWA, 4)); ``loss`` and ``postprocess``
     turn those into training losses and detections. ``images``: (N, C, H, W) floats in 0..1 (not normalised)."""
 
+    name: ClassVar[str] = "retinanet"  # the detector's name in checkpoints and on the command line (--detector)
+    # which loss terms are classification and which box regression (curves and progress lines)
+    loss_groups: ClassVar[dict[str, str]] = {"classification": "cls", "bbox_regression": "box"}
+
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -369,6 +378,11 @@ class RetinaNet(nn.Module):
             "classification": self.head.classification_head.loss(cls_logits, labels, matches),
             "bbox_regression": self.head.regression_head.loss(deltas, boxes.float(), matches, anchors),
         }
+
+    def postprocess(self, outputs: tuple[Tensor, Tensor], image_hw: tuple[int, int],
+                    valid_hw: list[tuple[float, float]] | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image from ``forward``'s outputs: :func:`postprocess`."""
+        return postprocess(self, outputs, image_hw, valid_hw)
 
 
 def create_detector(**options) -> RetinaNet:

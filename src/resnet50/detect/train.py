@@ -1,4 +1,4 @@
-"""Detector training: the :class:`Detection` task on the engine (``resnet50.engine``: one process or DDP via
+"""Detector training (RetinaNet or Faster R-CNN, ``detector``): the :class:`Detection` task on the engine (``resnet50.engine``: one process or DDP via
 torchrun, AMP bf16/fp16, EMA, accumulation, budgets, TensorBoard, exact resume), its config and recipes.
 
 A run folder holds ``config.json`` (the resolved DetectTrainConfig), ``metrics.jsonl``, ``curves.png``, ``last.pt``
@@ -28,12 +28,15 @@ from ..data.seeding import mix_seed
 from ..engine import Dist, Run
 from ..errors import UserError
 from ..files import pyplot, save_figure
-from ..recipes import OptimSpec, RunSpec, TaskConfig, apply_overrides
+from ..recipes import OptimSpec, RunSpec, TaskConfig, apply_overrides, config_from_dict, flat_fields
+from . import detectors
 from .checkpoint import save_detector
 from .coco import CocoDataset, training_loader
+from .detectors import Detector
 from .evaluate import evaluate
+from .fasterrcnn import FasterRCNNConfig
 from .fpn import init_body, set_trainable_layers
-from .retinanet import DetectorConfig, RetinaNet
+from .retinanet import DetectorConfig
 
 
 @dataclass
@@ -49,10 +52,14 @@ class DetectData:
 
 @dataclass
 class DetectTrainConfig(TaskConfig):
+    """A RetinaNet's training run (``model``: DetectorConfig); :class:`RCNNTrainConfig` is a Faster R-CNN's.
+    ``from_dict`` reads either, by the saved ``detector``."""
+
     COMMAND: typing.ClassVar[str] = "resnet50 detect train"
 
     recipe: str = "coco"
     description: str = ""
+    detector: str = "retinanet"  # retinanet | fasterrcnn: which config class this is (detectors.DETECTORS)
     init_weights: str = ""  # backbone start: a classification checkpoint (ours, torchvision/timm ResNet) or ""
     trainable_layers: int = 5  # of the backbone (conv1, layer1..layer4), torchvision's trainable_backbone_layers
     model: DetectorConfig = field(default_factory=DetectorConfig)
@@ -62,6 +69,23 @@ class DetectTrainConfig(TaskConfig):
 
     def validate(self) -> None:
         validate(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        detector = d.get("detector", "retinanet")  # runs saved before Faster R-CNN are RetinaNet runs
+        return config_from_dict(config_class(detectors.check_name(detector)) if cls is DetectTrainConfig else cls, d)
+
+
+@dataclass
+class RCNNTrainConfig(DetectTrainConfig):
+    """A Faster R-CNN's training run: the same data, optimiser and run sections, ``model`` a FasterRCNNConfig."""
+
+    detector: str = "fasterrcnn"
+    model: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
+
+
+def config_class(detector: str) -> type[DetectTrainConfig]:
+    return RCNNTrainConfig if detectors.check_name(detector) == "fasterrcnn" else DetectTrainConfig
 
 
 # --- recipes -------------------------------------------------------------------------------------------------------
@@ -104,14 +128,60 @@ def _scenes() -> DetectTrainConfig:
     )
 
 
-RECIPES = {"coco": _coco, "scenes": _scenes}
+def _rcnn_coco() -> RCNNTrainConfig:
+    # torchvision's references/detection recipe for fasterrcnn_resnet50_fpn (37.0 COCO box mAP): 26 epochs, SGD
+    # momentum 0.9, lr 0.02 at batch 16 (8 GPUs x 2; = 0.32 per 256), /10 at epochs 16 and 22, wd 1e-4, linear
+    # warmup over the first 1000 steps from 0.001 x lr, ImageNet-initialised backbone with frozen BN and conv1 +
+    # layer1 frozen (trainable_backbone_layers=3). Its 800 px shorter side is our 800 px letterbox.
+    return RCNNTrainConfig(
+        recipe="coco", description="torchvision's Faster R-CNN recipe: SGD 0.02 @ 16, 26 epochs, steps at 16 and 22",
+        model=FasterRCNNConfig(),
+        data=DetectData(batch_size=16),
+        optim=OptimSpec(optimizer="sgd", lr=0.32, momentum=0.9, weight_decay=1e-4, schedule="step",
+                        milestones=(16, 22), warmup_epochs=0.14, warmup_start=0.001, epochs=26),
+        trainable_layers=3,
+    )
+
+
+def _rcnn_scenes() -> RCNNTrainConfig:
+    # Faster R-CNN v1 (TwoMLPHead: v2's four 3x3 convs on every RoI cost more than the backbone at 128 px) on the
+    # embedded multi scenes, on 2 CPU cores, with the RetinaNet scenes recipe's data, optimiser and schedule (so
+    # the two compare on one budget). Anchors one octave below torchvision's (16..256 px on P2..P6: the boxes are
+    # 10-84 px), a 128-channel FPN, trained BN, 1 channel with Fashion-MNIST's statistics. A scene holds 1-4
+    # objects, so the RoI heads sample 128 proposals per image (detectron2's tutorial value for small datasets;
+    # torchvision's 512 is for COCO's crowds) from the RPN's 500 best after NMS (training) and 300 (test; the
+    # Faster R-CNN paper evaluates with 300 proposals).
+    return RCNNTrainConfig(
+        recipe="scenes", description="Faster R-CNN v1 on multi scenes, 128 px, CPU, at most 15 minutes",
+        model=FasterRCNNConfig(version="v1", in_chans=1, norm="batch", anchor_sizes=(16, 32, 64, 128, 256),
+                               fpn_channels=128, image_size=128, mean=(0.2860,), std=(0.3530,),
+                               rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
+                               rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300,
+                               box_batch_size_per_image=128),
+        data=DetectData(batch_size=16, hflip=0.5),
+        optim=OptimSpec(optimizer="adamw", lr=0.016, weight_decay=0.05, decay_norm_and_bias=False,
+                        schedule="cosine", warmup_epochs=0.3, warmup_start=0.01, epochs=6, grad_clip=10.0),
+        run=RunSpec(eval_every=100), trainable_layers=3,
+    )
+
+
+RECIPES = {"retinanet": {"coco": _coco, "scenes": _scenes}, "fasterrcnn": {"coco": _rcnn_coco, "scenes": _rcnn_scenes}}
 
 
 def resolve(recipe: str, overrides: dict | None = None) -> DetectTrainConfig:
-    """The named recipe with ``overrides`` (flat field names, as on the command line) applied and checked."""
-    if recipe not in RECIPES:
-        raise UserError(f"unknown detection recipe {recipe!r}; choose from: {', '.join(RECIPES)}")
-    return apply_overrides(RECIPES[recipe](), overrides)
+    """The named recipe of the detector ``overrides["detector"]`` (default retinanet) with ``overrides`` (flat
+    field names, as on the command line) applied and checked. An option of the other detector is refused."""
+    overrides = dict(overrides or {})
+    detector = detectors.check_name(str(overrides.get("detector") or "retinanet"))
+    if recipe not in RECIPES[detector]:
+        raise UserError(f"unknown detection recipe {recipe!r}; choose from: {', '.join(RECIPES[detector])}")
+    own = flat_fields(config_class(detector))
+    for key in overrides:
+        if key not in own and any(key in flat_fields(config_class(d)) for d in RECIPES):
+            other = next(d for d in RECIPES if key in flat_fields(config_class(d)))
+            raise UserError(f"--{key.replace('_', '-')} is a {detectors.TITLES[other]} option, not a "
+                            f"{detectors.TITLES[detector]} one: add --detector {other} or drop it")
+    return apply_overrides(RECIPES[detector][recipe](), overrides)
 
 
 # classification-only fields a detection config refuses when set (their classification defaults are off)
@@ -121,6 +191,9 @@ CLASSIFICATION_ONLY = {"label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "los
 
 def validate(cfg: DetectTrainConfig) -> None:
     o, d, r = cfg.optim, cfg.data, cfg.run
+    if cfg.detector != type(cfg)().detector:
+        raise UserError(f"detector {cfg.detector!r} does not fit this config; the detector is chosen before the "
+                        "recipe: resnet50 detect train --detector NAME")
     for name, off in CLASSIFICATION_ONLY.items():
         value = getattr(o, name) if hasattr(o, name) else getattr(r, name)
         if value != off:
@@ -183,14 +256,15 @@ def resume_config(path: str | os.PathLike, overrides: dict) -> tuple[DetectTrain
 
 # --- the task ------------------------------------------------------------------------------------------------------
 
-def _unwrap(net: nn.Module) -> RetinaNet:
+def _unwrap(net: nn.Module) -> Detector:
     net = getattr(net, "_orig_mod", net)  # torch.compile
     return getattr(net, "module", net)  # DDP
 
 
 class Detection:
     """Object detection as an engine task: COCO-format training data (letterboxed, flipped) through the engine's
-    loader, a RetinaNet (its backbone from ``--init-weights``), its focal and box losses, pycocotools mAP."""
+    loader, a RetinaNet or Faster R-CNN (``cfg.detector``; its backbone from ``--init-weights``), the detector's own
+    losses (``model.loss``), pycocotools mAP."""
 
     kind = "detector"
     best_key = "val_map"
@@ -210,20 +284,21 @@ class Detection:
                             f"{self.train_set.classes[:4]}...; train and validation data need the same categories "
                             "in the same order")
         self.classes = list(self.train_set.classes)
-        if cfg.model.num_classes != len(self.classes):
-            cfg.model = dataclasses.replace(cfg.model, num_classes=len(self.classes))
+        if cfg.model.num_labels != len(self.classes):  # a Faster R-CNN's box head counts the background too
+            extra = cfg.model.num_classes - cfg.model.num_labels
+            cfg.model = dataclasses.replace(cfg.model, num_classes=len(self.classes) + extra)
         self.train_loader = training_loader(self.train_set, cfg.model.image_size, d.hflip, d.batch_size, ddp.world,
                                             d.workers, cfg.run.seed)
         self.val_images = len(self.val_set) if self.val_set is not None else 0
-        self.model = RetinaNet(cfg.model)
+        self.model = detectors.build(cfg.detector, cfg.model)
         if cfg.init_weights and checkpoint is None:
             log(f"backbone from {init_body(self.model.backbone.body, cfg.init_weights)}")
         set_trainable_layers(self.model.backbone.body, cfg.trainable_layers)
         self.last_val: dict | None = None
 
     def describe(self, run: Run) -> str:
-        m, t = self.cfg.model, self.train_set
-        text = (f"run {run.run_dir}: RetinaNet {m.version} {m.arch} on {t.json_path} ({t.stats.summary()}), "
+        t = self.train_set
+        text = (f"run {run.run_dir}: {detectors.describe(self.model)} on {t.json_path} ({t.stats.summary()}), "
                 f"{len(self.classes)} classes, {run.ddp.world} process(es) on {run.device}, batch "
                 f"{self.cfg.data.batch_size}, peak lr {run.peak_lr:.4g}, {run.steps_per_epoch} steps/epoch, amp "
                 f"{run.amp_dtype}")
@@ -243,8 +318,14 @@ class Detection:
         return losses, {}
 
     def figures(self, sums: dict, seen: int, epoch: int) -> dict:
-        return {"train_cls_loss": sums.get("classification", 0.0) / max(seen, 1),
-                "train_box_loss": sums.get("bbox_regression", 0.0) / max(seen, 1)}
+        """train_cls_loss and train_box_loss (the detector's terms summed by kind), and for a detector with more
+        than two terms (Faster R-CNN's RPN and RoI losses) each of them as train_<term>."""
+        groups = self.model.loss_groups
+        row = {f"train_{kind}_loss": sum(sums.get(k, 0.0) for k, g in groups.items() if g == kind) / max(seen, 1)
+               for kind in ("cls", "box")}
+        if len(groups) > 2:
+            row.update({f"train_{k}": sums.get(k, 0.0) / max(seen, 1) for k in groups})
+        return row
 
     def validate(self, run: Run, model: nn.Module, final: bool, progress: bool) -> dict:
         if self.val_set is None or not run.ddp.main:
@@ -279,7 +360,7 @@ def train(cfg: DetectTrainConfig | None, resume: str | os.PathLike | dict | None
             raise UserError("give a config or a checkpoint to resume")
         cfg, checkpoint = resume_config(checkpoint["path"], {})
     if not cfg.run.name:
-        cfg.run.name = f"{cfg.recipe}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg.run.name = f"{cfg.recipe}-{cfg.detector}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     result, task = engine.fit(Detection, cfg, checkpoint, progress, log, tensorboard)
     result["best_map"] = result.pop("best")
     return {**result, "val": task.last_val, "classes": task.classes}
@@ -290,7 +371,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     plt = pyplot()
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_cls_loss"] for r in history], label="classification (focal)")
+    a.plot(ep, [r["train_cls_loss"] for r in history], label="classification")
     a.plot(ep, [r["train_box_loss"] for r in history], label="box regression")
     a.plot(ep, [r["train_loss"] for r in history], label="total")
     vals = [r for r in history if "val_map" in r]
