@@ -27,7 +27,6 @@ from resnet50.cpu import cpu_info
 from resnet50.detect.coco import CocoDataset
 from resnet50.detect.nms import box_iou
 from resnet50.files import output_dir, write_json
-from resnet50.localize.demo import _mixed
 from resnet50.localize.wsol import (
     DDT,
     cam_maps,
@@ -41,7 +40,7 @@ from resnet50.localize.wsol import (
     offset_summary,
     plot_offsets,
 )
-from resnet50.scenes import write_scenes
+from resnet50.scenes import write_mixed_scenes, write_scenes
 
 
 def main() -> int:
@@ -60,8 +59,8 @@ def main() -> int:
     root = output_dir(Path(a.out))
     t0 = time.perf_counter()
     data = root / "scenes"
-    _mixed(data / "train", "train", a.train_scenes, 0)
-    _mixed(data / "held", "train", a.held_out, 99)
+    write_mixed_scenes(data / "train", "train", "single", a.train_scenes, 0)
+    write_mixed_scenes(data / "held", "train", "single", a.held_out, 99)
     for kind, clutter in (("plain", False), ("clutter", True)):
         write_scenes(data / "val" / kind, split="val", kind="single", count=a.val_scenes,
                      seed=1 + (7 if clutter else 0), clutter=clutter)  # the localisation demo's validation scenes

@@ -188,6 +188,34 @@ def write_scenes(out_dir: str | os.PathLike, split: str = "train", kind: Kind = 
     return path
 
 
+CLUTTER_SEED_OFFSET = 7  # the cluttered half of a mixed set draws from seed + 7 (the plain half from seed)
+
+
+def write_mixed_scenes(root: str | os.PathLike, split: str = "train", kind: Kind = "single", count: int = 1000,
+                       seed: int = 0, size: int = 128) -> Path:
+    """``count`` plain scenes under ``root/plain/`` and ``count`` cluttered ones under ``root/clutter/`` (each a
+    COCO folder of :func:`write_scenes`, the cluttered with seed + 7), and ``root/instances.json`` listing both
+    (image ids of the cluttered half follow the plain's; file names ``plain/images/...``, ``clutter/images/...``):
+    what the localisation and detection demos train and validate on, and score per kind. Returns ``root``."""
+    root = Path(root)
+    parts = []
+    for name, clutter in (("plain", False), ("clutter", True)):
+        write_scenes(root / name, split=split, kind=kind, count=count, size=size,
+                     seed=seed + (CLUTTER_SEED_OFFSET if clutter else 0), clutter=clutter)
+        parts.append((name, json.loads((root / name / "instances.json").read_text())))
+    images, anns = [], []
+    for name, doc in parts:
+        offset = len(images)
+        images += [dict(im, id=im["id"] + offset, file_name=f"{name}/{im['file_name']}") for im in doc["images"]]
+        anns += [dict(a, id=len(anns) + k + 1, image_id=a["image_id"] + offset) for k, a in enumerate(doc["annotations"])]
+    doc = dict(parts[0][1], images=images, annotations=anns)
+    doc["info"] = dict(doc["info"], description=f"resnet50 scenes: {kind}, half plain, half cluttered, embedded "
+                                                f"Fashion-MNIST {split} split", clutter="half")
+    with atomic_path(root / "instances.json") as tmp:
+        tmp.write_text(json.dumps(doc))
+    return root
+
+
 @dataclass
 class SceneSet:
     """Scenes read back: ``images`` uint8 (N, S, S); ``labels[k]`` (0-based class indices) and ``boxes[k]``

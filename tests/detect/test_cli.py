@@ -69,9 +69,17 @@ def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     assert s["steps"] == 2 and s["train_scenes"] == 32 and s["val_scenes"] == 8 and 0 <= s["map"] <= 1
     assert Path(s["picture"]).stat().st_size > 0 and len(s["per_class"]) == 10
     assert set(s["class_agnostic"]) == {"map", "map50", "map75"}
+    assert s["detector"] == "retinanet" and set(s["by_kind"]) == {"plain", "clutter"}
+    assert [v["images"] for v in s["by_kind"].values()] == [4, 4]  # half of the validation scenes each
     cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
     assert cfg["run"]["time_budget"] == 0 and cfg["optim"]["epochs"] == 8  # the flag took effect, the cap is the demo's
     assert cfg["run"]["amp"] == "off" and cfg["run"]["threads"] == 2
+    assert main(["detect", "demo", "--out", str(tmp_path / "r"), "--detector", "fasterrcnn", "--train-scenes", "16",
+                 "--val-scenes", "4", "--max-steps", "1", "--time-budget", "0", "--amp", "off", "--json",
+                 "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["detector"] == "fasterrcnn" and 0 <= r["by_kind"]["clutter"]["map50"] <= 1
+    assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["detector"] == "fasterrcnn"
     assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--time-budget", "-1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "bad").exists()  # refused before writing
     assert main(["detect", "demo", "--out", str(tmp_path / "bad"), "--init-weights", str(tmp_path / "no.pt")]) == 2

@@ -417,6 +417,16 @@ class FasterRCNN(nn.Module):
             self._anchor_cache[key] = anchors, [h * w * self.cfg.num_anchors for h, w in grid]
         return self._anchor_cache[key]
 
+    def box_outputs(self, features: list[Tensor], rois: list[Tensor], image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The RoI heads on P2..P5 for per-image ``rois`` (Ri, 4): (class logits (R, K), deltas (R, K * 4)). They
+        run at the pyramid's precision: under autocast (``forward`` in bf16 / fp16) the features are half precision
+        and so is this step, inside or outside the caller's autocast region (the loss and ``postprocess`` are
+        called outside it)."""
+        dtype = features[0].dtype
+        half = dtype in (torch.bfloat16, torch.float16)
+        with torch.autocast(features[0].device.type, dtype=dtype if half else torch.bfloat16, enabled=half):
+            return self.roi_heads(features[:4], rois, [tuple(image_hw)] * len(rois))
+
     @torch.no_grad()
     def proposals(self, outputs: dict, image_hw: tuple[int, int], training: bool,
                   valid_hw: list[tuple[float, float]] | None = None) -> list[Tensor]:
@@ -506,7 +516,7 @@ class FasterRCNN(nn.Module):
             roi_labels = torch.cat([lab[k] for lab, k in zip(roi_labels, keep)])
             roi_targets = encode_boxes(torch.cat([g[k] for g, k in zip(roi_gt, keep)]), torch.cat(rois),
                                        cfg.bbox_reg_weights)
-        class_logits, box_regression = self.roi_heads(features[:4], rois, [tuple(image_hw)] * n)
+        class_logits, box_regression = self.box_outputs(features, rois, image_hw)
         class_logits, box_regression = class_logits.float(), box_regression.float()
         loss_classifier = F.cross_entropy(class_logits, roi_labels)
         fg = torch.nonzero(roi_labels > 0).squeeze(1)
@@ -528,7 +538,7 @@ class FasterRCNN(nn.Module):
         cfg = self.cfg
         proposals = self.proposals(outputs, image_hw, training=False, valid_hw=valid_hw)
         n = len(proposals)
-        class_logits, box_regression = self.roi_heads(outputs["features"][:4], proposals, [tuple(image_hw)] * n)
+        class_logits, box_regression = self.box_outputs(outputs["features"], proposals, image_hw)
         k = class_logits.shape[1]
         boxes_all = decode_boxes(box_regression.float().reshape(-1, k, 4), torch.cat(proposals)[:, None, :],
                                  cfg.bbox_reg_weights)

@@ -78,17 +78,26 @@ def _greedy(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_threshold:
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
-    b = boxes[order].float()
+    if labels is None:
+        return order[_greedy_sorted(boxes[order].float(), iou_threshold)]
+    # suppression never crosses classes, so each class runs alone (its boxes in the global score order: the same
+    # decisions as one pass over all, at a fraction of the pairs), and the kept boxes merge in that order again
+    lab = labels[order]
+    kept = []
+    for value in torch.unique(lab):
+        rank = torch.nonzero(lab == value).squeeze(1)  # positions in the global order, ascending
+        kept.append(rank[_greedy_sorted(boxes[order[rank]].float(), iou_threshold)])
+    return order[torch.sort(torch.cat(kept)).values]
+
+
+def _greedy_sorted(b: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS of boxes ``b`` (N, 4) already in score order: the kept positions, ascending."""
     # overlap[i, j]: box i (in score order) would remove box j; only i before j matters (the upper triangle)
-    overlap = box_iou(b, b) > iou_threshold
-    if labels is not None:
-        lab = labels[order]
-        overlap &= lab[:, None] == lab[None, :]
-    overlap = overlap.triu_(diagonal=1).cpu().numpy()
+    overlap = (box_iou(b, b) > iou_threshold).triu_(diagonal=1).cpu().numpy()
     removed = overlap[0].copy()
     keep = [0]
     for i in range(1, overlap.shape[0]):  # a box still standing when its turn comes is kept, and removes its overlaps
         if not removed[i]:
             keep.append(i)
             removed |= overlap[i]
-    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+    return torch.as_tensor(keep, dtype=torch.int64, device=b.device)

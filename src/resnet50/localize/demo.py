@@ -5,7 +5,6 @@ its boxes on a few."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from PIL import Image
 from ..detect.coco import CocoDataset
 from ..errors import UserError
 from ..files import atomic_path, output_dir, write_json
-from ..scenes import write_scenes
+from ..scenes import write_mixed_scenes
 from ..weights import check_source
 from .evaluate import evaluate, load_localizer
 from .predict import draw_box, locate_files
@@ -27,24 +26,6 @@ VAL_SEED = 1
 # the demo trains in a time budget so that writing, training, evaluating and drawing end within 15 minutes on any
 # 2-core CPU; --epochs is the upper bound on a fast one
 LOCALIZE_DEMO_BUDGET = {"time_budget": 12.0, "epochs": 8}
-
-
-def _mixed(root: Path, split: str, count: int, seed: int) -> Path:
-    """``count`` plain and ``count`` cluttered single scenes in one COCO folder (plain/..., clutter/...)."""
-    parts = []
-    for name, clutter in (("plain", False), ("clutter", True)):
-        write_scenes(root / name, split=split, kind="single", count=count, seed=seed + (7 if clutter else 0),
-                     clutter=clutter)
-        parts.append((name, json.loads((root / name / "instances.json").read_text())))
-    images, anns = [], []
-    for name, doc in parts:
-        offset = len(images)
-        images += [dict(im, id=im["id"] + offset, file_name=f"{name}/{im['file_name']}") for im in doc["images"]]
-        anns += [dict(a, id=len(anns) + k + 1, image_id=a["image_id"] + offset) for k, a in enumerate(doc["annotations"])]
-    doc = dict(parts[0][1], images=images, annotations=anns)
-    with atomic_path(root / "instances.json") as tmp:
-        tmp.write_text(json.dumps(doc))
-    return root
 
 
 def run_localize_demo(out: str = "runs", init_weights: str | None = None, overrides: dict | None = None,
@@ -61,8 +42,8 @@ def run_localize_demo(out: str = "runs", init_weights: str | None = None, overri
                              "init_weights": init_weights or ""})
     output_dir(root)
     t0 = time.perf_counter()
-    _mixed(root / "scenes-train", "train", train_scenes, 0)
-    _mixed(root / "scenes-val", "val", val_scenes, VAL_SEED)
+    write_mixed_scenes(root / "scenes-train", "train", "single", train_scenes, 0)
+    write_mixed_scenes(root / "scenes-val", "val", "single", val_scenes, VAL_SEED)
     log(f"wrote {2 * train_scenes} training and {2 * val_scenes} validation scenes (half cluttered) under {root} "
         f"({time.perf_counter() - t0:.0f} s)")
     if not init_weights:
