@@ -28,12 +28,13 @@ import dataclasses
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .configs import DictConfig
 from .errors import UserError
 
 Variant = Literal["v1", "v1.5"]
@@ -47,8 +48,10 @@ MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
+class ResNetConfig(DictConfig):
     """Everything that fixes a network's shape. Saved inside every checkpoint; unknown keys are errors."""
+
+    KIND: ClassVar[str] = "model"
 
     block: Literal["basic", "bottleneck"] = "bottleneck"
     layers: tuple[int, ...] = (3, 4, 6, 3)
@@ -92,19 +95,6 @@ class ResNetConfig:
             raise UserError(f"num_classes must be >= 0 (0 means no classifier), got {self.num_classes}")
         if self.in_chans < 1:
             raise UserError(f"in_chans must be >= 1, got {self.in_chans}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ResNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["layers"], d["widths"] = list(self.layers), list(self.widths)
-        return d
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:

@@ -85,7 +85,7 @@ def _register_evaluate(dsub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=None, help="letterbox size; default the checkpoint's")
     p.add_argument("--score-thresh", type=float, default=None, help="default the checkpoint's (0.05)")
-    p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 RetinaNet needs 0.0")
+    p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 files need 0.0")
     p.add_argument("--class-agnostic", action="store_true",
                    help="also score the boxes with labels ignored (pycocotools' useCats=0)")
     p.add_argument("--strict", action="store_true",
@@ -141,6 +141,7 @@ def _register_predict(dsub) -> None:
     _detector_check(p)
     p.add_argument("--out", default=None, help="folder for the pictures (boxes, labels, scores); default none")
     p.add_argument("--min-score", type=float, default=0.3, help="report detections scoring at least this")
+    p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 files need 0.0")
     p.add_argument("--batch-size", type=int, default=8)
     _common(p)
     p.set_defaults(func=run_predict)
@@ -148,7 +149,7 @@ def _register_predict(dsub) -> None:
 
 def run_predict(args) -> int:
 
-    ckpt = load_detector(args.weights, detector=args.detector)
+    ckpt = load_detector(args.weights, detector=args.detector, bn_eps=args.bn_eps)
     found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
     if args.json:
         print_json([f.to_dict() for f in found])

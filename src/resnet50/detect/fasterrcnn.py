@@ -43,7 +43,6 @@ Where this differs from torchvision:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -51,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..configs import DictConfig
 from ..data.stats import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from ..model import ARCHS, ResNet, create_model
@@ -66,10 +66,12 @@ SMOOTH_L1_BETA = 1 / 9  # both box losses (torchvision, after Detectron)
 
 
 @dataclass(frozen=True)
-class FasterRCNNConfig:
+class FasterRCNNConfig(DictConfig):
     """Everything that fixes a Faster R-CNN's shape, training targets and decoding. Unknown keys are errors.
     Defaults and option names are torchvision's ``fasterrcnn_resnet50_fpn`` (its ``FasterRCNN`` keyword
     arguments: ``rpn_*`` for the proposal network, ``box_*`` for the RoI heads)."""
+
+    KIND: ClassVar[str] = "Faster R-CNN"
 
     # v1: torchvision fasterrcnn_resnet50_fpn (37.0 COCO box mAP). v2: fasterrcnn_resnet50_fpn_v2 (Li et al. 2021,
     # "Benchmarking Detection Transfer Learning with Vision Transformers"; 46.7 mAP): two 3x3 convs in the RPN
@@ -153,17 +155,6 @@ class FasterRCNNConfig:
     def num_labels(self) -> int:
         """The classes a user names: ``num_classes`` less the background."""
         return self.num_classes - 1
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FasterRCNNConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown Faster R-CNN option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # --- the backbone: ResNet + FPN over C2..C5, and the "pool" level ------------------------------------------------

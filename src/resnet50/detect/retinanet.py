@@ -26,7 +26,6 @@ from C5, GIoU loss; 38,198,935 with trainable BN). Where this differs from torch
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..configs import DictConfig
 from ..data.stats import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from ..model import ARCHS, create_model
@@ -46,9 +46,11 @@ BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(DictConfig):
     """Everything that fixes a detector's shape and its decoding. Saved in every checkpoint; unknown keys are
     errors. Defaults are torchvision's ``retinanet_resnet50_fpn`` (COCO: 91 classes, ImageNet statistics)."""
+
+    KIND: ClassVar[str] = "detector"
 
     # v1: the paper's RetinaNet (torchvision retinanet_resnet50_fpn). v2 (torchvision retinanet_resnet50_fpn_v2, after
     # Zhang et al. 2020, ATSS): GroupNorm(32) after each head conv (convs without bias), P6 from C5 instead of P5,
@@ -109,17 +111,6 @@ class DetectorConfig:
     def num_labels(self) -> int:
         """The classes a user names (a sigmoid per class: no background class)."""
         return self.num_classes
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DetectorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown detector option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # --- anchors and box coding --------------------------------------------------------------------------------------

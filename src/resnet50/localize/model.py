@@ -17,21 +17,23 @@ is repeated for every class, so both modes are read the same way (``boxes[n, c]`
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..configs import DictConfig
 from ..data.stats import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..errors import UserError
 from ..model import ARCHS, ResNet, create_model
 
 
 @dataclass(frozen=True)
-class LocalizerConfig:
+class LocalizerConfig(DictConfig):
     """Everything that fixes a localiser's shape; saved in every weights file. Unknown keys are errors."""
+
+    KIND: ClassVar[str] = "localiser"
 
     arch: str = "resnet50"
     variant: str = "v1.5"
@@ -61,17 +63,6 @@ class LocalizerConfig:
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LocalizerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown localiser option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 class Localizer(nn.Module):
