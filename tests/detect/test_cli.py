@@ -62,7 +62,8 @@ def test_cli_evaluate_and_predict(shapes, tmp_path, capsys):
 
 def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     # the README's detection demo, shrunk: 32 training and 8 validation scenes, 2 steps, no time budget
-    assert main(["detect", "demo", "--out", str(tmp_path), "--train-scenes", "32", "--val-scenes", "8",
+    assert main(["detect", "demo", "--out", str(tmp_path), "--detector", "retinanet", "--train-scenes", "32",
+                 "--val-scenes", "8",
                  "--max-steps", "2", "--time-budget", "0", "--amp", "off", "--threads", "2", "--json",
                  "--no-progress"]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -74,7 +75,7 @@ def test_detect_demo_command_runs_end_to_end(tmp_path, capsys):
     cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
     assert cfg["run"]["time_budget"] == 0 and cfg["optim"]["epochs"] == 8  # the flag took effect, the cap is the demo's
     assert cfg["run"]["amp"] == "off" and cfg["run"]["threads"] == 2
-    assert main(["detect", "demo", "--out", str(tmp_path / "r"), "--detector", "fasterrcnn", "--train-scenes", "16",
+    assert main(["detect", "demo", "--out", str(tmp_path / "r"), "--train-scenes", "16",  # the default: Faster R-CNN
                  "--val-scenes", "4", "--max-steps", "1", "--time-budget", "0", "--amp", "off", "--json",
                  "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)

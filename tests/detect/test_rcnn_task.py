@@ -85,6 +85,20 @@ def test_cli_train_evaluate_predict_export_with_the_detector_flag(shapes, tmp_pa
     found = json.loads(capsys.readouterr().out)
     assert Path(found[0]["picture"]).is_file()
     assert all(d["label"] in ("square", "stripes") for d in found[0]["detections"])
+    # --coco: the detections as an instances file the readers take back; the detector scored on its own output
+    # finds every box it wrote, first (AP 1 wherever it wrote one)
+    coco = tmp_path / "pseudo" / "instances.json"
+    assert main(["detect", "predict", str(val_dir / "images"), "--weights", weights, "--min-score", "0.05",
+                 "--coco", str(coco), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    doc = json.loads(coco.read_text())
+    assert len(doc["images"]) == 16 and len(doc["annotations"]) == sum(len(f["detections"]) for f in found) > 0
+    assert [c["name"] for c in doc["categories"]] == ["square", "stripes"]
+    assert main(["detect", "evaluate", "--weights", weights, "--data", str(coco), "--score-thresh", "0.05",
+                 "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] > 0.99
+    assert main(["detect", "predict", str(val_dir), "--weights", weights, "--coco", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     pytest.importorskip("onnxruntime")
     assert main(["detect", "export", "--weights", weights, "--out", str(tmp_path / "d.onnx"), "--json"]) == 0
     e = json.loads(capsys.readouterr().out)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..data.decode import MAX_PIXELS
 from ..data.discover import expand_inputs
 from ..detect.checkpoint import load_detector
@@ -10,9 +12,11 @@ from ..detect.demo import TRAIN_SCENES, VAL_SCENES, run_detect_demo
 from ..detect.detectors import DETECTORS
 from ..detect.evaluate import evaluate_weights
 from ..detect.export import export_detector
-from ..detect.predict import detect_files
+from ..detect.predict import detect_files, to_coco
 from ..detect.train import RECIPES, DetectTrainConfig, RCNNTrainConfig, resolve, resume_config, train
 from ..engine import elastic_restart
+from ..errors import UserError
+from ..files import output_dir, write_json
 from ..recipes import flat_fields
 from . import add_config_flags, config_overrides, print_json
 
@@ -143,14 +147,23 @@ def _register_predict(dsub) -> None:
     p.add_argument("--min-score", type=float, default=0.3, help="report detections scoring at least this")
     p.add_argument("--bn-eps", type=float, default=None, help="torchvision's COCO v1 files need 0.0")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--coco", default=None, metavar="FILE",
+                   help="also write the detections as a COCO instances JSON (absolute file names), which detect "
+                        "train and evaluate read back: pseudo labels to check, or ground truth for another model")
     _common(p)
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args) -> int:
 
+    if args.coco is not None:  # refused before any image is read, not after
+        if Path(args.coco).is_dir():
+            raise UserError(f"--coco {args.coco} is a folder; give a file name, e.g. {args.coco}/instances.json")
+        output_dir(Path(args.coco).parent, "--coco")
     ckpt = load_detector(args.weights, detector=args.detector, bn_eps=args.bn_eps)
     found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
+    if args.coco is not None:
+        write_json(args.coco, to_coco(found, ckpt.classes), indent=None)
     if args.json:
         print_json([f.to_dict() for f in found])
         return 0
@@ -192,8 +205,9 @@ def _register_demo(dsub) -> None:
     p = dsub.add_parser("demo", help="fine-tune a detector on multi scenes (CPU, at most 15 minutes), report mAP on "
                                      "plain and cluttered scenes, draw its boxes")
     p.add_argument("--out", default="runs", help="where the demo folder goes (default: runs)")
-    p.add_argument("--detector", default="retinanet", choices=list(DETECTORS),
-                   help="the detector to train (default retinanet: docs/benchmarks.md compares the two)")
+    p.add_argument("--detector", default="fasterrcnn", choices=list(DETECTORS),
+                   help="the detector to train (default fasterrcnn, the better of the two on this budget: "
+                        "docs/benchmarks.md)")
     p.add_argument("--init-weights", default=None,
                    help="the classification demo's checkpoint (e.g. runs/demo-.../best.safetensors); default: from "
                         "scratch")

@@ -32,7 +32,7 @@ DETECT_DEMO_BUDGET = {"time_budget": 12.5, "epochs": 8}
 
 def run_detect_demo(out: str = "runs", init_weights: str | None = None, overrides: dict | None = None,
                     train_scenes: int = TRAIN_SCENES, val_scenes: int = VAL_SCENES, samples: int = 6,
-                    progress: bool = True, log=print, detector: str = "retinanet") -> dict:
+                    progress: bool = True, log=print, detector: str = "fasterrcnn") -> dict:
     """Run the demo under ``out/<name>/`` and return its summary (also written as RUN/detect_demo.json): mAP,
     mAP@.5, mAP@.75 on all validation scenes and per kind (``plain``, ``clutter``, each with labels ignored too),
     training time and speed, the picture's path. ``train_scenes`` / ``val_scenes``: totals, half of each kind."""

@@ -98,6 +98,28 @@ def detect_files(files: Sequence[Path], ckpt: DetectorCheckpoint, min_score: flo
     return results
 
 
+def to_coco(found: Sequence[FileDetections], classes: list[str]) -> dict:
+    """The detections as a COCO instances document that this toolkit's data readers take back (``detect train``,
+    ``detect evaluate``, ``CocoDataset``): ``images`` (absolute ``file_name``, width, height; files that did not
+    decode are left out), ``annotations`` (``bbox`` [x, y, w, h] in the file's pixels, ``area``, ``iscrowd`` 0, and
+    the detector's ``score``, which readers ignore), ``categories`` (id = class index + 1, the detector's names).
+    Pseudo labels to check and correct, or ground truth for another model."""
+    images, annotations = [], []
+    for f in found:
+        if f.error is not None:
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": str(Path(f.file).resolve()), "width": f.width,
+                       "height": f.height})
+        for d in f.detections:
+            x1, y1, x2, y2 = d["box"]
+            w, h = round(x2 - x1, 2), round(y2 - y1, 2)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": d["class_index"] + 1,
+                                "bbox": [x1, y1, w, h], "area": round(w * h, 2), "iscrowd": 0, "score": d["score"]})
+    return {"info": {"description": "resnet50 detect predict --coco"}, "images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": name} for i, name in enumerate(classes)]}
+
+
 def draw_detections(pixels: np.ndarray, detections: list[dict], min_side: int = 384) -> Image.Image:
     """An RGB picture of ``pixels`` (uint8 (H, W) or (H, W, 3)) with each detection's box and "label score",
     upscaled (nearest) so its shorter side is at least ``min_side`` px, so labels stay legible on small images,
