@@ -113,13 +113,16 @@ def output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
-def output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Check before any work that ``path`` can be written: its folder exists and is a folder, and it is not one.
+def output_file(path: str | os.PathLike, flag: str = "--out", create_parent: bool = False) -> Path:
+    """Check before any work that ``path`` can be written: its folder exists and is a folder (``create_parent``:
+    create it as :func:`output_dir` does), and it is not one.
 
     Errors: ``UserError`` naming ``flag``, the option that chose the path."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
+    if create_parent:
+        output_dir(path.parent, flag)
     parent = path.parent
     if not parent.is_dir():
         what = "is a file, not a folder" if parent.exists() else "does not exist"

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..data.decode import MAX_PIXELS
 from ..data.discover import expand_inputs
 from ..detect.checkpoint import load_detector
@@ -15,8 +13,7 @@ from ..detect.export import export_detector
 from ..detect.predict import detect_files, to_coco
 from ..detect.train import RECIPES, DetectTrainConfig, RCNNTrainConfig, resolve, resume_config, train
 from ..engine import elastic_restart
-from ..errors import UserError
-from ..files import output_dir, write_json
+from ..files import output_file, write_json
 from ..recipes import flat_fields
 from . import add_config_flags, config_overrides, print_json
 
@@ -157,9 +154,7 @@ def _register_predict(dsub) -> None:
 def run_predict(args) -> int:
 
     if args.coco is not None:  # refused before any image is read, not after
-        if Path(args.coco).is_dir():
-            raise UserError(f"--coco {args.coco} is a folder; give a file name, e.g. {args.coco}/instances.json")
-        output_dir(Path(args.coco).parent, "--coco")
+        output_file(args.coco, "--coco", create_parent=True)
     ckpt = load_detector(args.weights, detector=args.detector, bn_eps=args.bn_eps)
     found = detect_files(expand_inputs(args.inputs), ckpt, args.min_score, args.batch_size, args.out)
     if args.coco is not None:

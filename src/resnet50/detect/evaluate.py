@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ..data.decode import MAX_PIXELS
 from ..errors import UserError
-from ..files import output_dir, write_json
+from ..files import output_file, write_json
 from .checkpoint import load_detector
 from .coco import CocoDataset, coco_evaluate, make_batch
 from .detectors import Detector
@@ -108,9 +107,7 @@ def evaluate_weights(weights: str, data: str, batch_size: int = 32, device: str 
     ckpt = load_detector(weights, **overrides)
     ds = CocoDataset(data, in_chans=ckpt.config.in_chans, max_pixels=max_pixels)
     if results_path is not None:  # before the detections are computed, not after
-        if Path(results_path).is_dir():
-            raise UserError(f"--results {results_path} is a folder; give a file name, e.g. {results_path}/dets.json")
-        output_dir(Path(results_path).parent, "--results")
+        output_file(results_path, "--results", create_parent=True)
     if strict and ds.missing:
         raise UserError(f"{ds.json_path}: {len(ds.missing)} image file(s) missing, e.g. {ds.missing[0]}; fix the "
                         "file_names or drop --strict to measure on the rest")

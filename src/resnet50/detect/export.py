@@ -12,14 +12,13 @@ image size is fixed, as the anchors are. :func:`export_detector` also checks ONN
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, output_file
 from .checkpoint import DetectorCheckpoint
 from .detectors import Detector
 
@@ -78,9 +77,7 @@ def export_detector(ckpt: DetectorCheckpoint, path: str | os.PathLike, batch: in
         import onnxruntime as ort
     except ImportError:
         raise UserError("ONNX Runtime is not installed: pip install 'resnet50[onnx]'") from None
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name, e.g. {path}/detector.onnx")
+    path = output_file(path, "--out")
     model = ckpt.model.eval()
     export_onnx(model, path, batch)
     cfg = model.cfg
@@ -92,9 +89,9 @@ def export_detector(ckpt: DetectorCheckpoint, path: str | os.PathLike, batch: in
         want = _DenseRCNN(model)(x) if model.name == "fasterrcnn" else eager
     names = output_names(model)
     diffs = {n: float(np.abs(g - w.numpy()).max()) for n, g, w in zip(names, got, want)}
-    worst = max(names, key=lambda n: diffs[n] / max(1.0, float(dict(zip(names, want))[n].abs().max())))
-    scale = max(1.0, float(dict(zip(names, want))[worst].abs().max()))
-    if diffs[worst] > PARITY_TOL * scale:
+    scales = {n: max(1.0, float(w.abs().max())) for n, w in zip(names, want)}
+    worst = max(names, key=lambda n: diffs[n] / scales[n])
+    if diffs[worst] > PARITY_TOL * scales[worst]:
         raise UserError(f"the ONNX detector's {worst} differs from eager by {diffs[worst]:.2g}; report it with the "
                         "model's config")
     hw = (cfg.image_size, cfg.image_size)

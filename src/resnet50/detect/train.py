@@ -151,6 +151,7 @@ def _rcnn_scenes() -> RCNNTrainConfig:
     # objects, so the RoI heads sample 128 proposals per image (detectron2's tutorial value for small datasets;
     # torchvision's 512 is for COCO's crowds) from the RPN's 500 best after NMS (training) and 300 (test; the
     # Faster R-CNN paper evaluates with 300 proposals).
+    base = _scenes()
     return RCNNTrainConfig(
         recipe="scenes", description="Faster R-CNN v1 on multi scenes, 128 px, CPU, at most 15 minutes",
         model=FasterRCNNConfig(version="v1", in_chans=1, norm="batch", anchor_sizes=(16, 32, 64, 128, 256),
@@ -158,10 +159,7 @@ def _rcnn_scenes() -> RCNNTrainConfig:
                                rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=500,
                                rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=300,
                                box_batch_size_per_image=128),
-        data=DetectData(batch_size=16, hflip=0.5),
-        optim=OptimSpec(optimizer="adamw", lr=0.016, weight_decay=0.05, decay_norm_and_bias=False,
-                        schedule="cosine", warmup_epochs=0.3, warmup_start=0.01, epochs=6, grad_clip=10.0),
-        run=RunSpec(eval_every=100), trainable_layers=3,
+        data=base.data, optim=base.optim, run=base.run, trainable_layers=base.trainable_layers,
     )
 
 
@@ -177,8 +175,8 @@ def resolve(recipe: str, overrides: dict | None = None) -> DetectTrainConfig:
         raise UserError(f"unknown detection recipe {recipe!r}; choose from: {', '.join(RECIPES[detector])}")
     own = flat_fields(config_class(detector))
     for key in overrides:
-        if key not in own and any(key in flat_fields(config_class(d)) for d in RECIPES):
-            other = next(d for d in RECIPES if key in flat_fields(config_class(d)))
+        other = next((d for d in RECIPES if key not in own and key in flat_fields(config_class(d))), None)
+        if other is not None:
             raise UserError(f"--{key.replace('_', '-')} is a {detectors.TITLES[other]} option, not a "
                             f"{detectors.TITLES[detector]} one: add --detector {other} or drop it")
     return apply_overrides(RECIPES[detector][recipe](), overrides)
