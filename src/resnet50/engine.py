@@ -47,6 +47,7 @@ from .errors import UserError
 from .files import atomic_path, output_dir, write_json, write_text
 from .optim import ModelEMA, build_optimizer, lr_at
 from .recipes import OptimSpec, RunSpec
+from .small_maps import use_small_map_convs
 from .tensorboard import Board
 
 LOG_EVERY = 20  # optimiser steps between reads of the running figures (progress bar, finite check)
@@ -57,7 +58,7 @@ RESUME_COMMANDS = {"classifier": "resnet50 train", "detector": "resnet50 detect 
 
 # Options any resumed run may change: where and how long it runs and how it reads its data. Tasks add their own.
 MAY_CHANGE = frozenset({"run.time_limit", "run.max_steps", "run.checkpoint_every", "run.out", "run.name",
-                        "run.device", "run.threads", "data.workers"})
+                        "run.device", "run.threads", "run.conv_impl", "data.workers"})
 
 
 class TrainingDiverged(UserError):
@@ -441,6 +442,8 @@ def setup(task_factory, cfg, checkpoint: dict | None = None, log=print) -> Run:
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model = task.model.to(device, memory_format=memory_format)
     o, r = cfg.optim, cfg.run
+    if r.conv_impl == "auto" and device.type == "cpu":
+        use_small_map_convs(model)
     peak_lr = o.lr * cfg.data.batch_size * o.accum_steps / 256
     amp_dtype = autocast_dtype(r.amp, device)
     run = Run(cfg, task, ddp, device, model, model, build_optimizer(model, o, peak_lr),

@@ -125,6 +125,9 @@ class RunSpec:
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), bf16, fp16, off
     channels_last: bool = True  # NHWC: faster on CPU and GPU (measured in docs/benchmarks.md, training speed)
     compile: bool = False  # torch.compile the model
+    # auto: on CPU, convolutions on maps of a few pixels run as matrix products (resnet50.small_maps: the same
+    # function, a faster backward; measured in docs/benchmarks.md); torch: always torch's convolution
+    conv_impl: str = "auto"
     ema_decay: float = 0.0  # exponential moving average of the weights; 0 = off
     ema_every: int = 1  # EMA update every this many optimiser steps
     sync_bn: bool = False  # DDP: synchronise BN statistics across processes
@@ -443,6 +446,7 @@ def validate(cfg: TrainConfig) -> None:
         (o.schedule in ("step", "cosine", "linear", "triangular"),
          f"unknown schedule {o.schedule!r}; use step, cosine, linear or triangular"),
         (o.loss in ("ce", "bce"), f"unknown loss {o.loss!r}; use ce or bce"),
+        (r.conv_impl in ("auto", "torch"), f"unknown conv_impl {r.conv_impl!r}; use auto or torch"),
         (o.epochs >= 1, "epochs must be >= 1"),
         (o.lr > 0, "lr must be positive"),
         (o.accum_steps >= 1, "accum_steps must be >= 1"),
