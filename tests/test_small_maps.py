@@ -21,7 +21,7 @@ from resnet50.small_maps import SmallMapConv2d, toeplitz_taps, use_small_map_con
     (8, 6, 1, 2, 0, 3, "pointwise"),   # the projection shortcut into layer4: 1x1 stride 2, 3x3 -> 2x2
     (8, 6, 1, 1, 0, 3, "pointwise"),   # 1x1 on 3x3
     (8, 6, 1, 2, 0, 12, "pointwise"),  # strided 1x1 on 12x12
-    (8, 6, 3, 1, 1, 4, "torch"),       # 3x3 on 4x4: above MAX_TOEPLITZ_POSITIONS
+    (8, 6, 3, 1, 1, 3, "torch"),       # 3x3 on 3x3: a 3x3 output is above MAX_TOEPLITZ_OUTPUTS
     (8, 6, 1, 1, 0, 12, "torch"),      # 1x1 of stride 1 on a large map
 ])
 def test_same_outputs_and_gradients_as_conv2d(c_in, c_out, k, stride, padding, size, route):

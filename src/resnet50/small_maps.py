@@ -26,10 +26,11 @@ import torch
 from torch import Tensor, nn
 
 # Where each path is taken, from the input map's positions (H * W), as measured convolution by convolution in
-# benchmarks/small_maps.py (forward + backward, bf16, docs/benchmarks.md): a k x k convolution (k > 1) on maps of
-# up to 3 x 3 (layer3 and layer4 at 33-48 px input: 1.1-2.5x), a 1 x 1 of stride 1 on the same (1.3-2.1x; on 6 x 6
-# and 12 x 12 maps it is no faster), a strided 1 x 1 (the projection shortcuts) on maps of up to 12 x 12 (1.1-2.8x).
-MAX_TOEPLITZ_POSITIONS = 9
+# benchmarks/small_maps.py (forward + backward, bf16, docs/benchmarks.md): a k x k convolution (k > 1) whose output
+# map has at most 4 positions (layer4's 3x3s at 33-48 px input, and the strided one into it: 1.4-2.5x; on a 3 x 3
+# output it was 0.76-1.13x in three runs), a 1 x 1 of stride 1 on maps of up to 3 x 3 (1.3-2.1x; on 6 x 6 and
+# 12 x 12 maps it is no faster), a strided 1 x 1 (the projection shortcuts) on maps of up to 12 x 12 (1.1-2.9x).
+MAX_TOEPLITZ_OUTPUTS = 4
 MAX_POINTWISE_POSITIONS = 9
 MAX_STRIDED_POINTWISE_POSITIONS = 144
 
@@ -71,7 +72,7 @@ class SmallMapConv2d(nn.Conv2d):
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         if k == 1 and p == 0 and h * w <= (MAX_POINTWISE_POSITIONS if s == 1 else MAX_STRIDED_POINTWISE_POSITIONS):
             return "pointwise"
-        if k > 1 and h * w <= MAX_TOEPLITZ_POSITIONS:
+        if k > 1 and ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) <= MAX_TOEPLITZ_OUTPUTS:
             return "toeplitz"
         return "torch"
 
