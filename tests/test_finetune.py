@@ -112,7 +112,9 @@ def test_valley_on_a_hand_checked_curve():
 
 
 def test_range_test_on_a_tiny_case(data, tmp_path):
-    r = range_test(cfg(data, tmp_path, "lr", recipe="demo", epochs=1), 1e-5, 10.0, 30, **QUIET)
+    # torch's convolutions: the case's divergence point (within 30 steps) was found with them; the small-map
+    # matrix products round differently and this tiny net then blows up a step or two later
+    r = range_test(cfg(data, tmp_path, "lr", recipe="demo", epochs=1, conv_impl="torch"), 1e-5, 10.0, 30, **QUIET)
     assert 10 <= r["steps"] <= 30 and r["lrs"][0] == pytest.approx(1e-5)
     assert r["lrs"] == sorted(r["lrs"]) and 1e-5 <= r["lr"] <= r["lrs"][-1]
     assert r["lr_per_256"] == pytest.approx(r["lr"] * 256 / 16)
