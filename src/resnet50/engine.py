@@ -74,7 +74,8 @@ class Task(Protocol):
     model: nn.Module  # unwrapped, on the CPU; the engine moves and wraps it
     train_loader: Loader
     classes: list[str]
-    val_images: int  # images one validation reads (the time budget's estimate); 0 = no validation
+    val_images: int  # forward passes of an image one validation makes, TTA views included (the time budget's
+    # estimate); 0 = no validation
     val_extra_s: float  # seconds a validation costs beyond its forward passes (scoring)
 
     find_unused: bool  # DDP: some parameters train in some epochs only (find_unused_parameters)
@@ -314,12 +315,16 @@ def plan_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, eva
 def fix_budget(run: Run, step_s: float, now: float) -> None:
     """Fix ``run.cfg.run.budget_steps`` by :func:`plan_budget` (rank 0 decides, every process gets its answer),
     record it in config.json and say how long the run will take. A validation is estimated as a forward pass over
-    the task's ``val_images``, about a third of a training step's work per image, plus its ``val_extra_s``."""
+    the task's ``val_images``, about a third of a training step's work per image, plus its ``val_extra_s``; the
+    ``run.budget_after_images`` forward passes the caller makes after training (the demo's test evaluation) are
+    taken from the budget at the same rate."""
     r, task = run.cfg.run, run.task
     val_images = task.val_images
-    eval_s = val_images / run.cfg.data.batch_size * step_s / 3 + (task.val_extra_s if val_images else 0.0)
-    steps = plan_budget(r.time_budget * 60, now - run.started, run.state.step, step_s, eval_s, run.steps_per_epoch,
-                        r.eval_every, run.steps_per_epoch * run.cfg.optim.epochs)
+    forward_s = step_s / run.cfg.data.batch_size / 3  # one image's forward pass
+    eval_s = val_images * forward_s + (task.val_extra_s if val_images else 0.0)
+    after_s = r.budget_after_images * forward_s
+    steps = plan_budget(r.time_budget * 60 - after_s, now - run.started, run.state.step, step_s, eval_s,
+                        run.steps_per_epoch, r.eval_every, run.steps_per_epoch * run.cfg.optim.epochs)
     if run.ddp.world > 1:
         t = torch.tensor([steps], dtype=torch.int64, device=run.device)
         dist.broadcast(t, 0)

@@ -195,7 +195,7 @@ class Classification:
                             f"{Path(cfg.run.out) / cfg.run.name} --data PATH'") from e
         self.classes = self.data.classes
         self.train_loader = self.data.train_loader
-        self.val_images = self.data.val_count or 0
+        self.val_images = (self.data.val_count or 0) * (2 if cfg.run.tta_flip else 1)  # flip TTA: two views
         self.val_extra_s = 0.0
         self.model = cfg.model.create(num_classes=len(self.classes), in_chans=self.data.in_chans)
         if cfg.model.init_weights and checkpoint is None:
