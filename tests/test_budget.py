@@ -10,7 +10,7 @@ import torch
 import resnet50.engine as engine
 import resnet50.train as tr
 from resnet50 import weights
-from resnet50.engine import BUDGET_MARGIN, CALIBRATION, Calibration, plan_budget
+from resnet50.engine import BUDGET_MARGIN, CALIBRATION, FORWARD_SHARE, Calibration, plan_budget
 from resnet50.optim import lr_at
 from resnet50.recipes import OptimSpec, resolve
 from resnet50.train import train
@@ -18,7 +18,7 @@ from resnet50.train import train
 from .helpers import make_idx_dataset
 
 TINY = dict(arch="resnet20_cifar", image_size=32, crop_pct=0.0, batch_size=8, workers=0, lr=0.03, schedule="linear",
-            warmup_epochs=4.0, channels_last=False, deterministic=True)  # warm-up (16 steps) covers calibration
+            warmup_epochs=7.0, channels_last=False, deterministic=True)  # warm-up (28 steps) covers calibration
 QUIET = dict(progress=False, log=lambda *a: None)
 
 
@@ -30,7 +30,10 @@ def data(tmp_path_factory):
 @pytest.fixture
 def ticking(monkeypatch):
     ticks = itertools.count()
-    monkeypatch.setattr(engine, "clock", lambda: float(next(ticks)))  # start 0, calibration 1 and 2: 0.1 s a step
+    monkeypatch.setattr(engine, "clock", lambda: float(next(ticks)))  # start 0, calibration 1 and 2: 1 s in all
+
+
+STEP_S = 1 / (CALIBRATION[1] - CALIBRATION[0]) * BUDGET_MARGIN  # the planned step: 1 s over the calibration steps
 
 
 def cfg(data, out, name, **kw):
@@ -48,34 +51,32 @@ def test_plan_fits_steps_and_validations_in_the_budget():
 
 
 def test_steps_are_fixed_after_calibration_and_the_schedule_runs_over_them(data, tmp_path, ticking):
-    res = train(cfg(data, tmp_path, "b", time_budget=0.1), **QUIET)  # 6 s: 2 s gone, 4 s of 0.1 s steps
+    res = train(cfg(data, tmp_path, "b", time_budget=0.05), **QUIET)  # 3 s: 2 s gone, 1 s of 0.055 s steps
     steps = json.loads((tmp_path / "b" / "config.json").read_text())["run"]["budget_steps"]
-    # planned with 0.1 s steps and the 5 % margin; eval 4 images, two views each (the recipe's flip TTA) / batch 8 *
-    # a third of a step per epoch: the most steps T with (T - 13) * 0.105 + ceil(T / 4) * 0.035 <= 4
-    step_s = 0.1 * BUDGET_MARGIN
-    assert steps == plan_budget(6, 2, CALIBRATION[1], step_s, 2 * 4 / 8 * step_s / 3, 4, 1, 80) == 47
-    assert res["step"] == res["total_steps"] == steps and res["epoch"] == 12
+    # planned with 0.05 s steps and the 10 % margin; eval 4 images, two views each (the recipe's flip TTA) / batch 8 *
+    # 1/2.4 of a step per epoch: the most steps T with (T - 25) * 0.055 + ceil(T / 4) * 0.0229 <= 1
+    assert steps == plan_budget(3, 2, CALIBRATION[1], STEP_S, 2 * 4 / 8 * STEP_S * FORWARD_SHARE, 4, 1, 80) == 39
+    assert res["step"] == res["total_steps"] == steps and res["epoch"] == 10  # 9 epochs and 3 steps
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == steps
-    o = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=20)
-    budget = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=4.0, epochs=steps / 4)
+    o = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=7.0, epochs=20)
+    budget = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=7.0, epochs=steps / 4)
     assert lr_at(steps, 4, budget, 1.0) == 0.0 and lr_at(steps, 4, o, 1.0) > 0.3  # linear to zero at the budget
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(lr_at(steps - 1, 4, budget, 0.03 * 8 / 256))
 
 
 def test_the_callers_evaluation_after_training_is_taken_from_the_budget(data, tmp_path, ticking):
-    # 100 forward passes after training at a third of a 0.105 s step per image of a batch of 8: 0.44 s less to train
-    train(cfg(data, tmp_path, "after", time_budget=0.1, budget_after_images=100), **QUIET)
+    # 100 forward passes after training at 1/2.4 of a 0.055 s step per image of a batch of 8: 0.29 s less to train
+    train(cfg(data, tmp_path, "after", time_budget=0.05, budget_after_images=100), **QUIET)
     steps = json.loads((tmp_path / "after" / "config.json").read_text())["run"]["budget_steps"]
-    step_s = 0.1 * BUDGET_MARGIN
-    after_s = 100 * step_s / 8 / 3
-    assert steps == plan_budget(6 - after_s, 2, CALIBRATION[1], step_s, 2 * 4 / 8 * step_s / 3, 4, 1, 80) == 43
+    after_s = 100 * STEP_S / 8 * FORWARD_SHARE
+    assert steps == plan_budget(3 - after_s, 2, CALIBRATION[1], STEP_S, 2 * 4 / 8 * STEP_S * FORWARD_SHARE, 4, 1, 80) == 34
 
 
 def test_a_budgeted_run_resumes_exactly(data, tmp_path, ticking):
-    train(cfg(data, tmp_path, "cut", time_budget=0.1, max_steps=CALIBRATION[1] + 3), **QUIET)
+    train(cfg(data, tmp_path, "cut", time_budget=0.05, max_steps=CALIBRATION[1] + 3), **QUIET)
     steps = json.loads((tmp_path / "cut" / "config.json").read_text())["run"]["budget_steps"]
-    assert steps == 47
+    assert steps == 39
     cut, state = tr.resume_config(tmp_path / "cut", {})
     train(cut, resume=state, **QUIET)
     train(cfg(data, tmp_path, "ref", budget_steps=steps), **QUIET)
@@ -85,9 +86,9 @@ def test_a_budgeted_run_resumes_exactly(data, tmp_path, ticking):
 
 
 def test_calibration_measures_the_steps_this_process_takes(ticking):
-    first = Calibration()  # from the start: steps 3..13, clock readings 0 and 1
-    assert [first.at(s) for s in range(1, CALIBRATION[1])] == [None] * (CALIBRATION[1] - 1)
-    assert first.at(CALIBRATION[1]) == (pytest.approx(0.1 * BUDGET_MARGIN), 1.0)
-    resumed = Calibration()  # a run resumed at step 8, before its budget was fixed: steps 8..18, not a stale start
-    assert resumed.at(8) is None and all(resumed.at(s) is None for s in range(9, 18))
-    assert resumed.at(18) == (pytest.approx(0.1 * BUDGET_MARGIN), 3.0)
+    first, (a, b) = Calibration(), CALIBRATION  # from the start: steps 5..25, clock readings 0 and 1
+    assert [first.at(s) for s in range(1, b)] == [None] * (b - 1)
+    assert first.at(b) == (pytest.approx(STEP_S), 1.0)
+    resumed = Calibration()  # a run resumed at step 8, before its budget was fixed: steps 8..28, not a stale start
+    assert resumed.at(8) is None and all(resumed.at(s) is None for s in range(9, 8 + b - a))
+    assert resumed.at(8 + b - a) == (pytest.approx(STEP_S), 3.0)

@@ -462,7 +462,8 @@ def validate(cfg: TrainConfig) -> None:
         (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),
         (r.device in ("auto", "cpu", "cuda"), f"unknown device {r.device!r}; use auto, cpu or cuda"),
         (0 <= r.ema_decay < 1, "ema_decay must be in [0, 1)"),
-        (r.time_budget >= 0 and r.budget_steps >= 0, "time_budget and budget_steps must be >= 0"),
+        (r.time_budget >= 0 and r.budget_steps >= 0 and r.budget_after_images >= 0,
+         "time_budget, budget_steps and budget_after_images must be >= 0"),
         (o.freeze_epochs >= 0, f"freeze_epochs must be 0 or more, not {o.freeze_epochs}"),
         (0 < o.layer_lr_decay <= 1, f"layer_lr_decay must be in (0, 1], not {o.layer_lr_decay}"),
         (o.freeze_until == "" or o.freeze_until == "stem" or (o.freeze_until.startswith("layer")

@@ -75,25 +75,27 @@ def test_a_time_budget_fixes_the_steps_and_resumes_exactly(shapes, tmp_path, mon
     import resnet50.engine as classification
     from resnet50.optim import lr_at
 
-    ticks = itertools.count()  # the budget's clock ticks 1 s a reading: start 0, calibration steps 3 and 13 at 1, 2
+    ticks = itertools.count()  # the budget's clock ticks 1 s a reading: start 0, the calibration's two ends at 1, 2
     monkeypatch.setattr(classification, "clock", lambda: float(next(ticks)))
     train_dir, _ = shapes
     quiet = dict(progress=False, log=lambda *a: None)
 
-    def cfg(name, **kw):  # 4 steps an epoch; the warm-up (16 steps) covers the calibration
+    def cfg(name, **kw):  # 4 steps an epoch; the warm-up (28 steps) covers the calibration
         return resolve("scenes", {**DETECT_TINY, "train": str(train_dir), "out": str(tmp_path), "name": name, "epochs": 20,
-                                  "warmup_epochs": 4.0, "schedule": "linear", **kw})
+                                  "warmup_epochs": 7.0, "schedule": "linear", **kw})
 
-    cut = train(cfg("b", time_budget=0.05, max_steps=16), **quiet)  # 3 s: 2 gone, 1 s of 0.1 s steps (+5 %)
+    first, last = classification.CALIBRATION
+    cut = train(cfg("b", time_budget=0.05, max_steps=last + 2), **quiet)  # 3 s: 2 gone, 1 s of 0.05 s steps (+10 %)
     steps = json.loads((Path(cut["run_dir"]) / "config.json").read_text())["run"]["budget_steps"]
-    assert steps == classification.plan_budget(3, 2, 13, 0.1 * classification.BUDGET_MARGIN, 0, 4, 1, 80) == 22
-    assert torch.load(Path(cut["run_dir"]) / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == 22
+    step_s = 1 / (last - first) * classification.BUDGET_MARGIN
+    assert steps == classification.plan_budget(3, 2, last, step_s, 0, 4, 1, 80) == 43
+    assert torch.load(Path(cut["run_dir"]) / "last.pt", weights_only=True)["config"]["run"]["budget_steps"] == 43
     done = train(cfg("b", time_budget=0.05), resume=cut["run_dir"], **quiet)
-    assert done["step"] == 22 and done["epoch"] == 6  # 5 epochs and 2 steps: the budget ends the sixth
-    ref = train(cfg("ref", budget_steps=22), **quiet)
+    assert done["step"] == 43 and done["epoch"] == 11  # 10 epochs and 3 steps: the budget ends the eleventh
+    ref = train(cfg("ref", budget_steps=43), **quiet)
     rows = [json.loads(line) for line in (Path(ref["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     o = cfg("x").optim
-    assert rows[-1]["lr"] == pytest.approx(lr_at(21, 4, dataclasses.replace(o, epochs=22 / 4), o.lr * 8 / 256))  # linear to 0 at 22
+    assert rows[-1]["lr"] == pytest.approx(lr_at(42, 4, dataclasses.replace(o, epochs=43 / 4), o.lr * 8 / 256))  # linear to 0 at 43
     a = load_detector(Path(done["run_dir"]) / "final.safetensors").model.state_dict()
     b = load_detector(Path(ref["run_dir"]) / "final.safetensors").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -212,7 +212,8 @@ def validate(cfg: DetectTrainConfig) -> None:
         (r.device in ("auto", "cpu", "cuda"), f"unknown device {r.device!r}; use auto, cpu or cuda"),
         (r.eval_every >= 1, "eval_every must be >= 1"),
         (0 <= r.ema_decay < 1, "ema_decay must be in [0, 1)"),
-        (r.time_budget >= 0 and r.budget_steps >= 0, "time_budget and budget_steps must be >= 0"),
+        (r.time_budget >= 0 and r.budget_steps >= 0 and r.budget_after_images >= 0,
+         "time_budget, budget_steps and budget_after_images must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:

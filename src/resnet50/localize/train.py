@@ -62,7 +62,8 @@ class LocalizeTrainConfig(TaskConfig):
             (0 <= d.hflip <= 1, "hflip is a probability in [0, 1]"),
             (self.box_weight >= 0, "box_weight must be >= 0"),
             (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),
-            (r.time_budget >= 0 and r.budget_steps >= 0, "time_budget and budget_steps must be >= 0"),
+            (r.time_budget >= 0 and r.budget_steps >= 0 and r.budget_after_images >= 0,
+             "time_budget, budget_steps and budget_after_images must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
