@@ -143,7 +143,7 @@ class RunSpec:
     time_budget: float = 0.0
     budget_steps: int = 0
     # forward passes the caller makes after training inside the same budget (the demo's t10k evaluation with flip
-    # TTA: 20,000), planned at a third of a training step's per-image time; 0 = the budget is training's alone
+    # TTA: 20,000), planned at engine.FORWARD_SHARE of a training step's per-image time; 0 = training's alone
     budget_after_images: int = 0
     threads: int = 0  # torch intra-op threads; 0 = the default
 
