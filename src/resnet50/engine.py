@@ -219,19 +219,28 @@ def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
     return state
 
 
-def check_resume_config(saved: dict, new: dict, may_change: frozenset[str]) -> None:
-    """A resumed run keeps its architecture, data and optimisation: only the ``section.key`` fields of
-    ``may_change`` (and MAY_CHANGE) may differ between the saved config and the new one."""
-    allowed = MAY_CHANGE | may_change
+def config_changes(saved: dict, new: dict, may_change: frozenset[str]) -> list[tuple[str, object, object]]:
+    """The ``(section.key, saved value, new value)`` of every config field that differs between two configs'
+    ``to_dict()``, beyond the ``may_change`` fields (and MAY_CHANGE), the recipe's name and its description."""
+    allowed, changes = MAY_CHANGE | may_change, []
     for sec, values in saved.items():
         items = values.items() if isinstance(values, dict) else [(None, values)]
         for k, v in items:
             key = sec if k is None else f"{sec}.{k}"
             nv = new.get(sec) if k is None else new.get(sec, {}).get(k)
             if key not in allowed and _norm(nv) != _norm(v) and sec not in ("recipe", "description"):
-                flag = "--" + (k or sec).replace("_", "-")
-                raise UserError(f"resuming a run with {k or sec}={v!r} ({key}), but {flag} {nv!r} was given; drop "
-                                f"{flag} (the checkpoint fixes it) or start a new run")
+                changes.append((key, v, nv))
+    return changes
+
+
+def check_resume_config(saved: dict, new: dict, may_change: frozenset[str]) -> None:
+    """A resumed run keeps its architecture, data and optimisation: only the ``section.key`` fields of
+    ``may_change`` (and MAY_CHANGE) may differ between the saved config and the new one."""
+    for key, v, nv in config_changes(saved, new, may_change)[:1]:
+        name = key.split(".")[-1]
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"resuming a run with {name}={v!r} ({key}), but {flag} {nv!r} was given; drop "
+                        f"{flag} (the checkpoint fixes it) or start a new run")
 
 
 def _norm(v):

@@ -7,12 +7,17 @@ SGD momentum 0.9, lr 0.1 per 128 images (0.2 per 256, as ``lr`` counts it) divid
 training, weight decay 1e-4; a linear warmup over the first half epoch for every net (the paper warms up only its
 110-layer net, at lr 0.01 for about 400 steps; in a few-epoch run the 56-layer nets otherwise spend their first
 epoch above chance-level loss).
+
+Each net trains in its own run folder, ``<out>/<arch>``; a folder that already holds a run of the same settings
+(its last.pt) is continued exactly where it stopped, or reused when finished, so an interrupted experiment loses
+only the epoch it was in, and the nets may be trained apart (``kinds``, in parallel processes) and drawn together.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from . import engine
 from .errors import UserError
 from .files import output_dir, pyplot, save_figure, write_json
 from .model import ARCHS
@@ -36,13 +41,23 @@ def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: f
     return cfg
 
 
+KINDS = ("plain", "resnet")
+
+
 def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs: int = 8, batch_size: int = 128,
                 lr: float = 0.2, warmup_epochs: float = 0.5, out: str = "runs/degradation", max_steps: int = 0,
-                progress: bool = True, overrides: dict | None = None, tensorboard: bool = False) -> dict:
-    """Train plain-d and resnet-d for each depth; plot training (dashed) and validation (solid) error curves.
-    ``overrides``: other TrainConfig fields, by name, applied to every net (not the architecture or run name,
-    which the experiment sets per net). ``tensorboard``: each net's run writes TensorBoard events (its
-    ``<out>/<arch>/tensorboard``), and the comparison plot goes to ``<out>/tensorboard``."""
+                progress: bool = True, overrides: dict | None = None, tensorboard: bool = False,
+                kinds: tuple[str, ...] = KINDS) -> dict:
+    """Train plain-d and resnet-d for each depth (``kinds``: "plain", "resnet" or both); plot training (dashed)
+    and validation (solid) error curves. A net whose folder ``<out>/<arch>`` holds a run of these settings is
+    continued or, finished, reused (see the module's note; each run's ``epochs_found`` says how many epochs were
+    found done). ``overrides``: other TrainConfig fields, by name,
+    applied to every net (not the architecture or run name, which the experiment sets per net). ``tensorboard``:
+    each net's run writes TensorBoard events (its ``<out>/<arch>/tensorboard``), and the comparison plot goes to
+    ``<out>/tensorboard``.
+
+    Errors: ``UserError`` for a depth that is not 6n+2, an unknown kind, or a folder holding a run of other
+    settings."""
     fixed = sorted(set(overrides or {}) & {"arch", "name"})
     if fixed:
         raise UserError(f"the experiment sets {' and '.join(fixed)} for each net itself; drop "
@@ -50,18 +65,27 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
     for d in depths:
         if (d - 2) % 6 or d < 8:
             raise UserError(f"depth {d} is not 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); choose CIFAR-style depths")
-    output_dir(out)
-    runs = []
-    for kind in ("plain", "resnet"):
+    unknown = sorted(set(kinds) - set(KINDS)) or ([] if kinds else ["(none)"])
+    if unknown:
+        raise UserError(f"unknown kind {', '.join(unknown)}; choose plain, resnet or plain,resnet")
+    if data != "embedded" and Path(data).exists():
+        data = str(Path(data).resolve())  # as train() records it, so a rerun from elsewhere finds the same runs
+    nets = []  # every net's config and earlier run, all checked before any trains
+    for kind in (k for k in KINDS if k in kinds):
         for d in depths:
             arch = f"{kind}{d}_cifar"
             if arch not in ARCHS:
                 raise UserError(f"no {arch}; available depths: 20, 32, 44, 56, 110")
             cfg = apply_overrides(degradation_config(arch, data, epochs, batch_size, lr, out, max_steps,
                                                      warmup_epochs=warmup_epochs), overrides)
-            hist = train(cfg, progress=progress, log=lambda *a: None, tensorboard=tensorboard)["history"]
-            runs.append({"arch": arch, "kind": kind, "depth": d, "history": hist,
-                         "train_error": 1 - hist[-1]["train_top1"], "val_error": 1 - hist[-1]["val_top1"]})
+            nets.append((kind, d, cfg, _earlier_run(cfg)))
+    output_dir(out)
+    runs = []
+    for kind, d, cfg, earlier in nets:
+        hist = train(cfg, earlier, progress=progress, log=lambda *a: None, tensorboard=tensorboard)["history"]
+        runs.append({"arch": cfg.model.arch, "kind": kind, "depth": d, "history": hist,
+                     "epochs_found": earlier["epoch"] if earlier else 0,
+                     "train_error": 1 - hist[-1]["train_top1"], "val_error": 1 - hist[-1]["val_top1"]})
     plot = Path(out) / "degradation.png"
     _plot(runs, plot)
     if tensorboard:
@@ -74,13 +98,31 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
     return result
 
 
+def _earlier_run(cfg: TrainConfig) -> dict | None:
+    """The checkpoint of this net's run in its folder, to continue or reuse, or None when there is none yet.
+    Errors: ``UserError`` when that run has other settings (``engine.config_changes``)."""
+    last = Path(cfg.run.out) / cfg.run.name / "last.pt"
+    if not last.is_file():
+        return None
+    checkpoint = engine.load_checkpoint(last)
+    changes = engine.config_changes(checkpoint["config"], cfg.to_dict(), frozenset())
+    if changes:
+        said = ", ".join(f"{key} {v!r} there, {nv!r} now" for key, v, nv in changes[:3])
+        raise UserError(f"{last.parent} holds a {cfg.run.name} run of other settings ({said}); choose another "
+                        "--out, or delete that folder to train the net again")
+    return checkpoint
+
+
 def _plot(runs: list[dict], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, kind in zip(axes, ("plain", "resnet")):
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in runs)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, kind in zip(axes, kinds):
         for r in (r for r in runs if r["kind"] == kind):
             ep = [h["epoch"] for h in r["history"]]
-            line, = ax.plot(ep, [100 * (1 - h["val_top1"]) for h in r["history"]], lw=2, label=f"{kind}-{r['depth']} val")
+            line, = ax.plot(ep, [100 * (1 - h["val_top1"]) for h in r["history"]], lw=2,
+                            label=f"{kind}-{r['depth']} val")
             ax.plot(ep, [100 * (1 - h["train_top1"]) for h in r["history"]], ls="--", color=line.get_color(),
                     label=f"{kind}-{r['depth']} train")
         ax.set(title="plain nets" if kind == "plain" else "ResNets (option A)", xlabel="epoch")
