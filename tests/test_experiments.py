@@ -20,9 +20,9 @@ def data(tmp_path_factory):
     return str(make_idx_dataset(tmp_path_factory.mktemp("idx"), n_train=40, n_test=16))
 
 
-def test_kinds_trained_apart_are_reused_by_a_run_with_both(data, tmp_path):
+def test_nets_trained_apart_are_reused_by_a_run_with_all(data, tmp_path):
     out = str(tmp_path / "deg")
-    alone = degradation(data, [20], epochs=1, batch_size=16, out=out, kinds=("resnet",), **QUIET)
+    alone = degradation(data, [20], epochs=1, batch_size=16, out=out, only=("resnet20",), **QUIET)
     assert [(r["arch"], r["epochs_found"]) for r in alone["runs"]] == [("resnet20_cifar", 0)]
     both = degradation(data, [20], epochs=1, batch_size=16, out=out, **QUIET)
     assert [(r["arch"], r["epochs_found"]) for r in both["runs"]] == [("plain20_cifar", 0), ("resnet20_cifar", 1)]
@@ -36,13 +36,13 @@ def test_kinds_trained_apart_are_reused_by_a_run_with_both(data, tmp_path):
 
 
 def test_an_interrupted_net_continues_to_the_same_end(data, tmp_path):
-    whole = degradation(data, [20], epochs=2, batch_size=16, out=str(tmp_path / "whole"), kinds=("resnet",),
+    whole = degradation(data, [20], epochs=2, batch_size=16, out=str(tmp_path / "whole"), only=("resnet20",),
                         **QUIET)
     cut = str(tmp_path / "cut")
-    first = degradation(data, [20], epochs=2, batch_size=16, out=cut, kinds=("resnet",), max_steps=3, **QUIET)
+    first = degradation(data, [20], epochs=2, batch_size=16, out=cut, only=("resnet20",), max_steps=3, **QUIET)
     assert json.loads((tmp_path / "cut" / "degradation.json").read_text())[
         "histories"]["resnet20_cifar"][-1]["step"] == 3
-    rest = degradation(data, [20], epochs=2, batch_size=16, out=cut, kinds=("resnet",), **QUIET)
+    rest = degradation(data, [20], epochs=2, batch_size=16, out=cut, only=("resnet20",), **QUIET)
     assert rest["runs"][0]["epochs_found"] == 1 and first["runs"][0]["epochs_found"] == 0
     hist = json.loads((tmp_path / "cut" / "degradation.json").read_text())["histories"]["resnet20_cifar"]
     assert [h["epoch"] for h in hist] == [1, 2] and hist[-1]["step"] == 4
@@ -52,13 +52,14 @@ def test_an_interrupted_net_continues_to_the_same_end(data, tmp_path):
 
 def test_other_settings_in_the_folder_are_refused_before_any_training(data, tmp_path):
     out = str(tmp_path / "deg")
-    degradation(data, [20], epochs=1, batch_size=16, out=out, kinds=("resnet",), **QUIET)
+    degradation(data, [20], epochs=1, batch_size=16, out=out, only=("resnet20",), **QUIET)
     with pytest.raises(UserError, match=r"resnet20_cifar run of other settings \(optim.epochs 1 there, 2 now.*"
                                         r"choose another --out"):
         degradation(data, [20], epochs=2, batch_size=16, out=out, **QUIET)
     assert not (tmp_path / "deg" / "plain20_cifar").exists()  # checked before plain-20 (first in order) trained
-    with pytest.raises(UserError, match="unknown kind residual; choose plain, resnet"):
-        degradation(data, [20], out=out, kinds=("residual",), **QUIET)
-    bad = subprocess.run([sys.executable, "-m", "resnet50", "experiment", "degradation", "--kinds", "resnets",
+    with pytest.raises(UserError, match="resnet56: not among the nets of depths 20; choose from plain20, resnet20"):
+        degradation(data, [20], out=out, only=("resnet56",), **QUIET)
+    bad = subprocess.run([sys.executable, "-m", "resnet50", "experiment", "degradation", "--only", "resnet21",
                           "--out", out], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown kind resnets" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "resnet21: not among the nets of depths 20,56" in bad.stderr
+    assert "Traceback" not in bad.stderr

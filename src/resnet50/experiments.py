@@ -10,7 +10,7 @@ epoch above chance-level loss).
 
 Each net trains in its own run folder, ``<out>/<arch>``; a folder that already holds a run of the same settings
 (its last.pt) is continued exactly where it stopped, or reused when finished, so an interrupted experiment loses
-only the epoch it was in, and the nets may be trained apart (``kinds``, in parallel processes) and drawn together.
+only the epoch it was in, and the nets may be trained apart (``only``, in parallel processes) and drawn together.
 """
 
 from __future__ import annotations
@@ -47,17 +47,17 @@ KINDS = ("plain", "resnet")
 def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs: int = 8, batch_size: int = 128,
                 lr: float = 0.2, warmup_epochs: float = 0.5, out: str = "runs/degradation", max_steps: int = 0,
                 progress: bool = True, overrides: dict | None = None, tensorboard: bool = False,
-                kinds: tuple[str, ...] = KINDS) -> dict:
-    """Train plain-d and resnet-d for each depth (``kinds``: "plain", "resnet" or both); plot training (dashed)
-    and validation (solid) error curves. A net whose folder ``<out>/<arch>`` holds a run of these settings is
-    continued or, finished, reused (see the module's note; each run's ``epochs_found`` says how many epochs were
-    found done). ``overrides``: other TrainConfig fields, by name,
-    applied to every net (not the architecture or run name, which the experiment sets per net). ``tensorboard``:
-    each net's run writes TensorBoard events (its ``<out>/<arch>/tensorboard``), and the comparison plot goes to
-    ``<out>/tensorboard``.
+                only: tuple[str, ...] = ()) -> dict:
+    """Train plain-d and resnet-d for each depth (``only``: just these of them, by name, "plain56" or "resnet20";
+    default all); plot training (dashed) and validation (solid) error curves of the nets trained or found. A net
+    whose folder ``<out>/<arch>`` holds a run of these settings is continued or, finished, reused (see the module's
+    note; each run's ``epochs_found`` says how many epochs were found done). ``overrides``: other TrainConfig
+    fields, by name, applied to every net (not the architecture or run name, which the experiment sets per net).
+    ``tensorboard``: each net's run writes TensorBoard events (its ``<out>/<arch>/tensorboard``), and the
+    comparison plot goes to ``<out>/tensorboard``.
 
-    Errors: ``UserError`` for a depth that is not 6n+2, an unknown kind, or a folder holding a run of other
-    settings."""
+    Errors: ``UserError`` for a depth that is not 6n+2, a name in ``only`` outside the depths' nets, or a folder
+    holding a run of other settings."""
     fixed = sorted(set(overrides or {}) & {"arch", "name"})
     if fixed:
         raise UserError(f"the experiment sets {' and '.join(fixed)} for each net itself; drop "
@@ -65,14 +65,16 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
     for d in depths:
         if (d - 2) % 6 or d < 8:
             raise UserError(f"depth {d} is not 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); choose CIFAR-style depths")
-    unknown = sorted(set(kinds) - set(KINDS)) or ([] if kinds else ["(none)"])
+    grid = [f"{kind}{d}" for kind in KINDS for d in depths]
+    unknown = [n for n in only if n not in grid]
     if unknown:
-        raise UserError(f"unknown kind {', '.join(unknown)}; choose plain, resnet or plain,resnet")
+        raise UserError(f"{', '.join(unknown)}: not among the nets of depths {','.join(map(str, depths))}; choose "
+                        f"from {', '.join(grid)}")
     if data != "embedded" and Path(data).exists():
         data = str(Path(data).resolve())  # as train() records it, so a rerun from elsewhere finds the same runs
     nets = []  # every net's config and earlier run, all checked before any trains
-    for kind in (k for k in KINDS if k in kinds):
-        for d in depths:
+    for kind in KINDS:
+        for d in (d for d in depths if not only or f"{kind}{d}" in only):
             arch = f"{kind}{d}_cifar"
             if arch not in ARCHS:
                 raise UserError(f"no {arch}; available depths: 20, 32, 44, 56, 110")

@@ -23,9 +23,9 @@ def register(sub) -> None:
     t.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
     p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
-    p.add_argument("--kinds", default="plain,resnet", help="nets to train: plain, resnet or both (default); a net "
-                   "whose folder in --out holds a run of the same settings is continued or reused, so kinds "
-                   "trained apart, say in two processes, are drawn together by a last run with both")
+    p.add_argument("--only", default="", help="train just these of the nets, e.g. plain56,resnet20 (default: all); "
+                   "a net whose folder in --out holds a run of the same settings is continued or reused, so nets "
+                   "trained apart, say in two processes, are drawn together by a last run without --only")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.2, help="per 256 images (the paper: 0.1 at batch 128)")
@@ -47,8 +47,8 @@ def run(args) -> int:
     result = degradation(args.data, depths, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_epochs=args.warmup_epochs, out=args.out, max_steps=args.max_steps,
                          progress=not args.no_progress, overrides=config_overrides(args, skip=OWN),
-                         tensorboard=args.tensorboard, kinds=tuple(k.strip() for k in args.kinds.split(",")
-                                                                   if k.strip()))
+                         tensorboard=args.tensorboard, only=tuple(n.strip() for n in args.only.split(",")
+                                                                  if n.strip()))
     if args.json:
         print_json(result)
     else:
