@@ -131,6 +131,9 @@ def _plot(runs: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
+    # as the paper's Fig. 6 (0-20 %): the first epochs' near-chance errors run off the top, so the gaps at the end,
+    # a point or less between some nets, stay readable
+    axes[0].set_ylim(0, max(30.0, 150 * max(max(r["train_error"], r["val_error"]) for r in runs)))
     depths = sorted({r["depth"] for r in runs})
     fig.suptitle(f"Plain vs residual nets of depth {', '.join(map(str, depths))}: training (dashed) and validation "
                  "(solid) error, as in He et al. Fig. 6")
