@@ -236,7 +236,9 @@ def config_changes(saved: dict, new: dict, may_change: frozenset[str]) -> list[t
 def check_resume_config(saved: dict, new: dict, may_change: frozenset[str]) -> None:
     """A resumed run keeps its architecture, data and optimisation: only the ``section.key`` fields of
     ``may_change`` (and MAY_CHANGE) may differ between the saved config and the new one."""
-    for key, v, nv in config_changes(saved, new, may_change)[:1]:
+    changes = config_changes(saved, new, may_change)
+    if changes:
+        key, v, nv = changes[0]
         name = key.split(".")[-1]
         flag = "--" + name.replace("_", "-")
         raise UserError(f"resuming a run with {name}={v!r} ({key}), but {flag} {nv!r} was given; drop "

@@ -23,7 +23,7 @@ from .files import output_dir, pyplot, save_figure, write_json
 from .model import ARCHS
 from .recipes import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainConfig, apply_overrides, validate
 from .tensorboard import Board
-from .train import train
+from .train import data_as_recorded, train
 
 
 def degradation_config(arch: str, data: str, epochs: int, batch_size: int, lr: float, out: str, max_steps: int = 0,
@@ -70,8 +70,7 @@ def degradation(data: str = "embedded", depths: list[int] = (20, 56), *, epochs:
     if unknown:
         raise UserError(f"{', '.join(unknown)}: not among the nets of depths {','.join(map(str, depths))}; choose "
                         f"from {', '.join(grid)}")
-    if data != "embedded" and Path(data).exists():
-        data = str(Path(data).resolve())  # as train() records it, so a rerun from elsewhere finds the same runs
+    data = data_as_recorded(data)  # so a rerun from elsewhere finds the same runs
     nets = []  # every net's config and earlier run, all checked before any trains
     for kind in KINDS:
         for d in (d for d in depths if not only or f"{kind}{d}" in only):

@@ -255,6 +255,12 @@ class Classification:
                 f"{row['data_share']:.0%} of the time")
 
 
+def data_as_recorded(data: str) -> str:
+    """``--data`` as a run records it: an existing folder or file made absolute, so the run folder can be resumed
+    (or found again, as the degradation experiment does) from anywhere; "embedded" and other names as given."""
+    return str(Path(data).resolve()) if data != "embedded" and Path(data).exists() else data
+
+
 def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, progress: bool = True,
           log=print, tensorboard: bool = False) -> dict:
     """Train per ``cfg``, or continue a run (``resume``: its folder, its last.pt, or the checkpoint dict that
@@ -264,8 +270,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | dict | None = None, prog
     checkpoint = engine.load_checkpoint(resume) if isinstance(resume, (str, os.PathLike)) else resume
     if not cfg.run.name:
         cfg.run.name = run_name(cfg)
-    if checkpoint is None and cfg.data.data != "embedded" and Path(cfg.data.data).exists():
-        cfg.data.data = str(Path(cfg.data.data).resolve())  # the run folder can be resumed from anywhere
+    if checkpoint is None:
+        cfg.data.data = data_as_recorded(cfg.data.data)
     result, _ = engine.fit(Classification, cfg, checkpoint, progress, log, tensorboard)
     result["best_val_top1"] = result.pop("best")
     return result
