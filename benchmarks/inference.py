@@ -37,7 +37,8 @@ def main() -> int:
     ap.add_argument("--backends", default=",".join(available_backends()))
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed calls before each turn")
+    ap.add_argument("--turn", type=int, default=5, help="timed calls per backend and batch in each round")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for inference-N.json")
     args = ap.parse_args()
@@ -45,7 +46,7 @@ def main() -> int:
     for i in range(1, args.repeat + 1):
         report = benchmark(arch=args.arch, backends=args.backends.split(","),
                            batches=[int(b) for b in args.batches.split(",")], warmup=args.warmup, runs=args.runs,
-                           progress=True)
+                           turn=args.turn, progress=True)
         out = Path(args.out) / f"inference-{i}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, report, indent=2)

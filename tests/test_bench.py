@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from resnet50 import create_model
+from resnet50 import bench
 from resnet50.bench import SCHEMA, benchmark, latency_stats, matmul_peak
 from resnet50.cli import main
 from resnet50.summary import summarize
@@ -47,6 +48,29 @@ def test_figures_are_consistent(report):
         best = max(("eager", "onnx"), key=lambda k: thr[(k, int(b))])
         assert c["best_fp32"] == best and c["default_vs_onnx"] == pytest.approx(1.0)
         assert c["int8_vs_best_fp32"] == pytest.approx(thr[("onnx-int8", int(b))] / thr[(best, int(b))])
+
+
+def test_interleaving_in_turns(monkeypatch):
+    """Every (backend, batch) gets `warmup` untimed calls, then `turn` timed ones, round after round, `runs` timed in
+    all (the last turn shorter): a backend is timed only after it has run a few calls since another one ran."""
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, x):
+            calls.append((self.name, len(x)))
+
+    monkeypatch.setattr(bench, "create_backend", lambda name, loaded, threads: Recorder(name))
+    loaded = bench.load_model(None, "resnet20_cifar", 32, num_classes=3)
+    times, setup = bench.time_backends(loaded, ["eager", "onnx"], [1, 2], warmup=2, runs=7, threads=1, int8=None,
+                                       progress=False, turn=3)
+    assert {k: len(v) for k, v in times.items()} == {(n, b): 7 for n in ("eager", "onnx") for b in (1, 2)}
+    first_calls = [("eager", 1), ("eager", 2), ("onnx", 1), ("onnx", 2)]
+    rounds = [(2 + 3) * [k] for k in first_calls] * 2 + [(2 + 1) * [k] for k in first_calls]
+    assert calls == first_calls + [c for r in rounds for c in r]
+    assert set(setup) == {"eager", "onnx"}
 
 
 def test_latency_stats_percentiles():

@@ -1,10 +1,16 @@
 """Inference throughput and latency of each backend, as a percentage of what the machine's matmul rate allows.
 
 Scenarios follow MLPerf Inference's names: SingleStream (batch 1: one query at a time, latency per query) and
-Offline (batch N: throughput). Each (backend, batch) is timed ``runs`` times after ``warmup`` untimed calls on the
-same random input; latency percentiles are over those runs and throughput is ``batch / median latency``. The runs
-are interleaved (one call of every backend and batch, then the next round), so that load from other jobs on a
-shared machine falls on all backends alike.
+Offline (batch N: throughput). Each (backend, batch) is timed ``runs`` times on the same random input; latency
+percentiles are over those runs and throughput is ``batch / median latency``. The runs are interleaved in turns, so
+that load from other jobs on a shared machine falls on all backends alike: in each round every (backend, batch)
+makes ``warmup`` untimed calls and then ``turn`` timed ones. The untimed calls are there because a backend is not
+at its own speed for the first calls after another one ran: its thread pool wakes from sleep (and the previous
+backend's threads may still spin on the same cores), its weights are refilled into the caches, and on some CPUs the
+matrix units change power state. Measured on an Intel Xeon with AMX (benchmarks document): OpenVINO INT8 at batch 1
+ran its 1st to 5th call after an ONNX Runtime call at 125, 147, 174, 216, 299 img/s and its 6th onward at 303-316;
+timing one call per turn measured that warm-up, not the backend as a server runs it (MLPerf runs one system
+under test at a time).
 
 The ceiling: the fp32 matmul rate measured here (a 2048 x 2048 x 2048 product and the im2col GEMMs of ResNet-50's
 3x3 convolutions, median of ``repeats`` each, with torch.mm and, when installed, ONNX Runtime's MatMul; the fastest
@@ -164,12 +170,12 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 
 def benchmark(weights: str | None = None, arch: str | None = None, backends: list[str] | None = None,
-              batches: list[int] = (1, 16), warmup: int = 3, runs: int = 20, size: int | None = None,
+              batches: list[int] = (1, 16), warmup: int = 5, runs: int = 20, size: int | None = None,
               threads: int | None = None, int8: str | None = None, progress: bool = False, peak_n: int = 2048,
-              **options) -> dict:
+              turn: int = 5, **options) -> dict:
     """Time each backend at each batch size on one model; see the module docstring for the method."""
-    if warmup < 0 or runs < 1:
-        raise UserError(f"--runs must be >= 1 and --warmup >= 0 (got {runs}, {warmup})")
+    if warmup < 0 or runs < 1 or turn < 1:
+        raise UserError(f"--runs and --turn must be >= 1 and --warmup >= 0 (got {runs}, {turn}, {warmup})")
     if any(b < 1 for b in batches):
         raise UserError(f"batch sizes must be >= 1, got {list(batches)}")
     notes = [f"compile left out: {compile_problem()}"] if not backends and compile_problem() else []
@@ -187,7 +193,7 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
     peak = matmul_peak(peak_n, threads=threads)
     limit = peak["gflops"] * 1e9 / flops
     default = resolve_backend("auto", loaded)
-    times, setup = time_backends(loaded, backends, batches, warmup, runs, threads, int8, progress)
+    times, setup = time_backends(loaded, backends, batches, warmup, runs, threads, int8, progress, turn)
     results = []
     for name in backends:
         for b in batches:
@@ -195,7 +201,8 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
             thr = b * 1e3 / lat["p50"]
             results.append({
                 "backend": name, "precision": precision(name),
-                "scenario": "SingleStream" if b == 1 else "Offline", "batch": b, "runs": runs, "warmup": warmup,
+                "scenario": "SingleStream" if b == 1 else "Offline", "batch": b, "runs": runs,
+                "warmup": warmup, "turn": turn,
                 "latency_ms": lat, "throughput_img_s": thr, "pct_of_limit": 100.0 * thr / limit,
                 # the fastest run: the closest figure to an idle machine when other jobs share the CPU
                 "best_img_s": b * 1e3 / lat["min"], "setup_s": setup[name],
@@ -209,12 +216,13 @@ def benchmark(weights: str | None = None, arch: str | None = None, backends: lis
 
 
 def time_backends(loaded: Checkpoint, backends: list[str], batches: list[int], warmup: int, runs: int, threads: int,
-                  int8: str | None, progress: bool) -> tuple[dict, dict]:
+                  int8: str | None, progress: bool, turn: int = 5) -> tuple[dict, dict]:
     """Per (backend, batch) the seconds of each timed call, and per backend its set-up times.
 
-    Interleaved: run r times every (backend, batch) once, then run r + 1. On a machine shared with other jobs the
-    load drifts over minutes; interleaving spreads that drift over every backend alike, so their ratios stay fair
-    even when the absolute figures move."""
+    Interleaved in turns: in each round every (backend, batch) makes ``warmup`` untimed calls, then ``turn`` timed
+    ones (the last round fewer, to ``runs`` in all). On a machine shared with other jobs the load drifts over
+    minutes; interleaving spreads that drift over every backend alike, so their ratios stay fair even when the
+    absolute figures move; the untimed calls let each backend reach its own speed after another one ran."""
     shape = (loaded.in_chans, loaded.size, loaded.size)
     inputs = {b: np.random.default_rng(b).standard_normal((b, *shape), dtype=np.float32) for b in batches}
     runners, setup, int8_model = {}, {}, None
@@ -231,14 +239,11 @@ def time_backends(loaded: Checkpoint, backends: list[str], batches: list[int], w
                 first = time.perf_counter()
                 runners[name](x)  # the first call of a shape may compile (torch.compile) or allocate: setup
                 setup[name][f"first_call_batch{b}"] = round(time.perf_counter() - first, 2)
-                for _ in range(warmup):
-                    runners[name](x)
         times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in backends for b in batches}
-        for _ in range(runs):
+        for start in range(0, runs, turn):
             for name in backends:
                 for b, x in inputs.items():
-                    times[(name, b)] += time_backend(runners[name], x, 0, 1)
-                    bar.update(1)
+                    times[(name, b)] += time_backend(runners[name], x, warmup, min(turn, runs - start), bar)
     return times, setup
 
 

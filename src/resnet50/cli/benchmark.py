@@ -14,8 +14,12 @@ def register(sub) -> None:
     p.add_argument("--backend", default=None,
                    help=f"comma-separated backends; default: every installed one of {', '.join(BACKENDS)}")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes; 1 is SingleStream, more is Offline")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing; default 3")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="untimed calls before each turn of timed calls (a backend needs a few after another ran); "
+                        "default 5")
     p.add_argument("--runs", type=int, default=20, help="timed calls per backend and batch; default 20")
+    p.add_argument("--turn", type=int, default=5,
+                   help="timed calls per backend and batch in each round of the interleaving; default 5")
     p.add_argument("--threads", type=int, default=None, help="threads; default: physical cores")
     p.add_argument("--int8", default=None, help="INT8 .onnx model from 'resnet50 quantize' for the INT8 backends; "
                    "default: quantise the model on random inputs (speed only)")
@@ -53,7 +57,7 @@ def run(args) -> int:
     backends = parse_list(args.backend, "backend") if args.backend else None
     report = benchmark(args.weights, args.arch, backends, parse_list(args.batch, "batch", int), args.warmup,
                        args.runs, args.size, args.threads, args.int8, progress=True, peak_n=args.peak_size,
-                       **options)
+                       turn=args.turn, **options)
     if args.json:
         print_json(report)
     else:
