@@ -93,3 +93,18 @@ def test_an_elastic_job_without_a_run_name_is_refused(tmp_path):
     out = subprocess.run([sys.executable, "-m", "resnet50", "train", "--out", str(tmp_path)], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 2 and "--name" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_only_rank_zero_prints_the_closing_line(tmp_path):
+    # every torchrun worker returns from train(); the others' results carry no validation ("best val top-1
+    # -100.00%" was printed once per extra process), so only rank 0 reports the run
+    data = make_idx_dataset(tmp_path / "data")
+    lines = {}
+    for rank in ("0", "1"):
+        env = {**os.environ, "RANK": rank, "WORLD_SIZE": "1"}  # one process: the gate alone, no process group
+        out = subprocess.run([sys.executable, *train_args(data, tmp_path / "runs", f"r{rank}", "--epochs", "1")],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        lines[rank] = [ln for ln in out.stdout.splitlines() if ln.startswith("done:")]
+    assert len(lines["0"]) == 1 and "best val top-1" in lines["0"][0] and "-100" not in lines["0"][0]
+    assert lines["1"] == []

@@ -108,6 +108,12 @@ class Dist:
         return self.rank == 0
 
 
+def main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun job (RANK set and not 0): where a command prints its result
+    once, not once per process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_distributed(device_kind: str) -> Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then join the process group (nccl on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,7 +12,7 @@ from ..detect.evaluate import evaluate_weights
 from ..detect.export import export_detector
 from ..detect.predict import detect_files, to_coco
 from ..detect.train import RECIPES, DetectTrainConfig, RCNNTrainConfig, resolve, resume_config, train
-from ..engine import elastic_restart
+from ..engine import elastic_restart, main_process
 from ..files import output_file, write_json
 from ..recipes import flat_fields
 from . import add_config_flags, config_overrides, print_json
@@ -68,6 +68,8 @@ def run_train(args) -> int:
         cfg, checkpoint = resolve(args.recipe, overrides), None
     result = train(cfg, resume=checkpoint, progress=not args.no_progress,
                    log=(lambda *a: None) if args.json else print, tensorboard=args.tensorboard)
+    if not main_process():  # torchrun's other ranks: rank 0 reports the run
+        return 0
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..data.decode import MAX_PIXELS
 from ..data.discover import expand_inputs
 from ..detect.coco import CocoDataset
-from ..engine import elastic_restart
+from ..engine import elastic_restart, main_process
 from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
 from ..localize.evaluate import evaluate, load_localizer
 from ..localize.predict import export_onnx, locate_files
@@ -86,6 +86,8 @@ def run_train(args) -> int:
     resume = args.resume or elastic_restart(resolve(args.recipe, overrides).run)
     cfg, checkpoint = resume_config(resume, overrides) if resume else (resolve(args.recipe, overrides), None)
     result = train(cfg, resume=checkpoint, progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    if not main_process():  # torchrun's other ranks: rank 0 reports the run
+        return 0
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
     else:

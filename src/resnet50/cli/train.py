@@ -1,5 +1,6 @@
 """resnet50 train: a named recipe, any field overridden by a flag (resnet50.recipes, resnet50.train)."""
 
+from ..engine import main_process
 from ..errors import UserError
 from ..lr_find import auto_lr
 from ..recipes import RECIPES, resolve
@@ -39,6 +40,8 @@ def run(args) -> int:
     else:
         cfg, checkpoint = resolve(args.recipe, overrides), None
     result = train(cfg, resume=checkpoint, progress=not args.no_progress, tensorboard=args.tensorboard)
+    if not main_process():  # torchrun's other ranks: rank 0 reports the run
+        return 0
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
     else:
