@@ -10,6 +10,7 @@ import torch
 
 from resnet50 import UserError, create_model, weights
 from resnet50.cli import main
+from resnet50.data import FASHION_MNIST_CLASSES
 from resnet50.detect.checkpoint import save_detector
 from resnet50.detect.coco import CocoDataset
 from resnet50.detect.retinanet import create_detector
@@ -83,6 +84,29 @@ def test_a_short_run_lowers_the_loss_and_resumes(scenes, tmp_path):
     a = torch.load(Path(done["run_dir"]) / "last.pt", weights_only=True)["model"]
     b = torch.load(Path(ref["run_dir"]) / "last.pt", weights_only=True)["model"]
     assert done["step"] == 8 and all(torch.equal(a[k], b[k]) for k in a)  # cut and resumed = uncut
+
+
+def test_freeze_until_keeps_the_body_to_the_bit_and_unknown_options_are_refused(scenes, tmp_path):
+    train_dir, _ = scenes
+    classifier = create_model("resnet18", num_classes=10, in_chans=1)
+    with torch.no_grad():  # BatchNorm statistics that are not the defaults, so that a change would show
+        for m in classifier.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.9, 1.1)
+    weights.save(tmp_path / "cls.safetensors", classifier, list(FASHION_MNIST_CLASSES))
+    start = classifier.state_dict()
+    res = train(cfg(train_dir, tmp_path, "f", epochs=1, freeze_until="layer2",
+                    init_weights=str(tmp_path / "cls.safetensors")), **QUIET)
+    end = torch.load(Path(res["run_dir"]) / "last.pt", weights_only=True)["model"]
+    frozen = [k for k in start if k.startswith(("conv1", "bn1", "layer1", "layer2"))]
+    assert frozen and all(torch.equal(end[f"body.{k}"], start[k]) for k in frozen)  # weights and BN statistics
+    assert not torch.equal(end["body.layer3.0.conv1.weight"], start["layer3.0.conv1.weight"])
+    with pytest.raises(UserError, match="the network's stages are stem, layer1"):
+        train(cfg(train_dir, tmp_path, "g", freeze_until="layer9"), **QUIET)
+    for flag, value in (("layer_lr_decay", 0.5), ("tta_flip", True), ("loss", "bce")):
+        with pytest.raises(UserError, match=f"drop --{flag.replace('_', '-')}"):
+            cfg(train_dir, tmp_path, "h", **{flag: value})
 
 
 def test_onnx_export_matches_eager(tmp_path):

@@ -33,6 +33,7 @@ from ..engine import Dist, Run
 from ..errors import UserError
 from ..files import pyplot, save_figure
 from ..recipes import OptimSpec, RunSpec, TaskConfig, apply_overrides
+from ..train import frozen_stages, set_frozen
 from .evaluate import evaluate, save_localizer
 from .model import Localizer, LocalizerConfig, from_xyxy, to_xyxy
 
@@ -61,6 +62,11 @@ class LocalizeTrainConfig(TaskConfig):
             (d.batch_size >= 2 and d.eval_batch_size >= 1, "batch_size must be >= 2 (BatchNorm) and eval >= 1"),
             (0 <= d.hflip <= 1, "hflip is a probability in [0, 1]"),
             (self.box_weight >= 0, "box_weight must be >= 0"),
+            (o.loss == "ce" and o.bce_target_thresh == 0, "a localiser's class loss is cross-entropy: drop --loss and "
+                                                          "--bce-target-thresh"),
+            (not r.tta_flip, "tta_flip is a classification option (a mirrored box is another box): drop --tta-flip"),
+            (o.layer_lr_decay == 1.0, "layer_lr_decay applies to classifiers ('resnet50 train'); a localiser trains "
+                                      "body and box head at one rate: drop --layer-lr-decay"),
             (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),
             (r.time_budget >= 0 and r.budget_steps >= 0 and r.budget_after_images >= 0,
              "time_budget, budget_steps and budget_after_images must be >= 0"),
@@ -139,7 +145,6 @@ class Localization:
     best_key = "val_top1_loc"
     may_change = MAY_CHANGE
     val_extra_s = 0.0
-    find_unused = False
 
     def __init__(self, cfg: LocalizeTrainConfig, ddp: Dist, checkpoint: dict | None, log) -> None:
         d, m = cfg.data, cfg.model
@@ -163,6 +168,10 @@ class Localization:
         if cfg.init_weights and checkpoint is None:
             src = weights.init_from(self.model.body, cfg.init_weights, self.classes, log)
             log(f"classifier from {cfg.init_weights} ({src.arch})")
+        # --freeze-until / --freeze-epochs as for classifiers (resnet50.train.frozen_stages) on the body; the box
+        # head always trains. A stage the network lacks is refused here, before any training.
+        frozen_stages(self.model.body, cfg.optim, cfg.optim.freeze_epochs)
+        self.find_unused = bool(cfg.optim.freeze_epochs)
         self.last_val: dict | None = None
 
     def describe(self, run: Run) -> str:
@@ -174,6 +183,7 @@ class Localization:
 
     def train_mode(self, run: Run, epoch: int) -> None:
         run.net.train()
+        set_frozen(self.model.body, frozen_stages(self.model.body, self.cfg.optim, epoch))
 
     def losses(self, run: Run, net: nn.Module, batch, epoch: int) -> tuple[dict, dict]:
         images = batch.images.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
