@@ -10,7 +10,8 @@ import torch
 import resnet50.engine as engine
 import resnet50.train as tr
 from resnet50 import weights
-from resnet50.engine import BUDGET_MARGIN, CALIBRATION, FORWARD_SHARE, Calibration, plan_budget
+from resnet50.engine import (BUDGET_MARGIN, CALIBRATION, FORWARD_SHARE, REPLAN_MARGIN, REPLAN_STEPS, Calibration,
+                             plan_budget)
 from resnet50.optim import lr_at
 from resnet50.recipes import OptimSpec, resolve
 from resnet50.train import train
@@ -92,3 +93,29 @@ def test_calibration_measures_the_steps_this_process_takes(ticking):
     resumed = Calibration()  # a run resumed at step 8, before its budget was fixed: steps 8..28, not a stale start
     assert resumed.at(8) is None and all(resumed.at(s) is None for s in range(9, 8 + b - a))
     assert resumed.at(8 + b - a) == (pytest.approx(STEP_S), 3.0)
+
+
+def test_the_second_measurement_runs_from_the_first_plan_without_its_validations(ticking):
+    cal = Calibration()
+    assert cal.again(CALIBRATION[1] + REPLAN_STEPS, 0.0) is None  # no first plan: nothing to measure again
+    cal.planned_at(25, -30.0, 1.0)  # the first plan at step 25, clock -30 s, 1 s of validation so far
+    assert all(cal.again(s, 4.0) is None for s in range(25, 25 + REPLAN_STEPS))
+    # the clock now reads 0: 30 s since the plan, 3 of them validating, over 60 steps
+    assert cal.again(25 + REPLAN_STEPS, 4.0) == (pytest.approx(27 / REPLAN_STEPS * REPLAN_MARGIN), 0.0)
+    assert cal.again(25 + REPLAN_STEPS + 1, 4.0) is None  # taken once
+
+
+def test_a_run_faster_than_its_calibration_is_planned_again_and_runs_the_longer_schedule(data, tmp_path, ticking):
+    # clock readings: 0 at the start, 1 and 2 at steps 5 and 25 (the first plan: 0.055 s steps, 4 s left of 6), 3 at
+    # step 85 (60 steps in 1 s: planned again with 0.0175 s steps and 3 s left); one validation, at the end
+    res = train(cfg(data, tmp_path, "again", time_budget=0.1, epochs=100, eval_every=1000), **QUIET)
+    eval_s = lambda step_s: 2 * 4 / 8 * step_s * FORWARD_SHARE  # noqa: E731
+    first = plan_budget(6, 2, CALIBRATION[1], STEP_S, eval_s(STEP_S), 4, 1000, 400)
+    step_s = 1 / REPLAN_STEPS * REPLAN_MARGIN
+    steps = json.loads((tmp_path / "again" / "config.json").read_text())["run"]["budget_steps"]
+    assert first == 97 and steps == plan_budget(6, 3, CALIBRATION[1] + REPLAN_STEPS, step_s, eval_s(step_s), 4,
+                                                1000, 400) == 256
+    assert res["step"] == res["total_steps"] == steps
+    rows = [json.loads(x) for x in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    budget = OptimSpec(lr=1.0, schedule="linear", warmup_epochs=7.0, epochs=steps / 4)
+    assert rows[-1]["lr"] == pytest.approx(lr_at(steps - 1, 4, budget, 0.03 * 8 / 256))

@@ -299,16 +299,27 @@ BUDGET_MARGIN = 1.10
 # An image's forward pass (validation, the caller's evaluation after training) as a share of its training step's
 # time: a third of the work, but measured at 1 / 2.46 on Zen 2 (t10k at 138 img/s against training at 56 img/s).
 FORWARD_SHARE = 1 / 2.4
+# The budget is planned again once, REPLAN_STEPS steps after the first plan, from the steps in between (their
+# validations taken out): the first steps run slower than the rest (oneDNN's primitive cache, the allocator, the
+# loader's first epoch): on the Zen 4 of docs/benchmarks.md steps 5-25 of the classification demo took 7 % longer
+# than the run's average, and with the margin the demo ended 7 min 46 s after its start on a budget of 9 minutes. The second measurement is of the
+# steady state and is planned with a smaller margin; it may shorten the run as well as lengthen it. The schedule of the
+# steps between the two plans followed the first (see fix_budget).
+REPLAN_STEPS = 60
+REPLAN_MARGIN = 1.05
 clock = time.perf_counter  # the budget's clock (a test replaces it)
 
 
 class Calibration:
-    """A time budget's speed measurement: it starts at the first optimiser step >= CALIBRATION[0] this process takes
-    and ends CALIBRATION[1] - CALIBRATION[0] steps later (so a run resumed before its budget was fixed measures
-    again); :meth:`at` returns (the step time to plan with, the clock) at its end and None before."""
+    """A time budget's speed measurements. The first starts at the first optimiser step >= CALIBRATION[0] this
+    process takes and ends CALIBRATION[1] - CALIBRATION[0] steps later (so a run resumed before its budget was fixed
+    measures again); :meth:`at` returns (the step time to plan with, the clock) at its end and None before. The
+    second (:meth:`again`) runs from the first plan (:meth:`planned_at`) to REPLAN_STEPS steps later, with the
+    seconds spent validating in between taken out, and is taken once."""
 
     def __init__(self) -> None:
         self.start: tuple[int, float] | None = None
+        self.first: tuple[int, float, float] | None = None  # (step, clock, validation seconds) at the first plan
 
     def at(self, step: int) -> tuple[float, float] | None:
         if self.start is None:
@@ -319,6 +330,15 @@ class Calibration:
             return None
         now = clock()
         return (now - self.start[1]) / (step - self.start[0]) * BUDGET_MARGIN, now
+
+    def planned_at(self, step: int, now: float, eval_s: float) -> None:
+        self.first = (step, now, eval_s)
+
+    def again(self, step: int, eval_s: float) -> tuple[float, float] | None:
+        if self.first is None or step - self.first[0] < REPLAN_STEPS:
+            return None
+        (s0, t0, e0), self.first, now = self.first, None, clock()
+        return (now - t0 - (eval_s - e0)) / (step - s0) * REPLAN_MARGIN, now
 
 
 def plan_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, eval_s: float,
@@ -335,12 +355,15 @@ def plan_budget(budget_s: float, elapsed_s: float, step: int, step_s: float, eva
     return best
 
 
-def fix_budget(run: Run, step_s: float, now: float) -> None:
+def fix_budget(run: Run, step_s: float, now: float, again: bool = False) -> None:
     """Fix ``run.cfg.run.budget_steps`` by :func:`plan_budget` (rank 0 decides, every process gets its answer),
     record it in config.json and say how long the run will take. A validation is estimated as a forward pass over
     the task's ``val_images`` at ``FORWARD_SHARE`` of a training step's time per image, plus its ``val_extra_s``; the
     ``run.budget_after_images`` forward passes the caller makes after training (the demo's test evaluation) are
-    taken from the budget at the same rate."""
+    taken from the budget at the same rate. ``again``: the second plan (:class:`Calibration`). The steps between the
+    two plans ran at the first plan's rates, so a rerun with the final --budget-steps has the run's length and its
+    rates from the second plan on, and the same weights only when the second plan fell inside the warmup (whose
+    rates do not depend on the plan)."""
     r, task = run.cfg.run, run.task
     val_images = task.val_images
     forward_s = step_s / run.cfg.data.batch_size * FORWARD_SHARE  # one image's forward pass
@@ -357,9 +380,11 @@ def fix_budget(run: Run, step_s: float, now: float) -> None:
         write_json(run.run_dir / "config.json", run.cfg.to_dict(), indent=2)
         end = time.strftime("%H:%M", time.localtime(time.time() + r.time_budget * 60 - (now - run.started)))
         after = f" and an evaluation of {r.budget_after_images} forward passes" if r.budget_after_images else ""
-        run.log(f"time budget {r.time_budget:g} min: {step_s:.2f} s/step measured, so {steps} steps "
-                f"({steps / run.steps_per_epoch:.1f} epochs){after} ending about {end} (rerun exactly with "
-                f"--budget-steps {steps})")
+        head = f"time budget {r.time_budget:g} min: {step_s:.2f} s/step measured"
+        if again:
+            head = f"time budget planned again at step {run.state.step}: {step_s:.2f} s/step since the first plan"
+        run.log(f"{head}, so {steps} steps ({steps / run.steps_per_epoch:.1f} epochs){after} ending about {end} "
+                f"(rerun {'' if again else 'exactly '}with --budget-steps {steps})")
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -663,6 +688,11 @@ def _after_step(run: Run, meter: EpochMeter, epoch: int, bar) -> bool:
     step, r = run.state.step, run.cfg.run
     if r.time_budget and not r.budget_steps and (measured := run.calibration.at(step)) is not None:
         fix_budget(run, *measured)
+        if r.budget_steps > step + REPLAN_STEPS:
+            run.calibration.planned_at(step, measured[1], run.eval_s)
+        bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+    elif (measured := run.calibration.again(step, run.eval_s)) is not None:
+        fix_budget(run, *measured, again=True)
         bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
     if step % LOG_EVERY == 0:
         if run.device.type == "cuda":
