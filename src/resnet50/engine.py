@@ -302,9 +302,9 @@ FORWARD_SHARE = 1 / 2.4
 # The budget is planned again once, REPLAN_STEPS steps after the first plan, from the steps in between (their
 # validations taken out): the first steps run slower than the rest (oneDNN's primitive cache, the allocator, the
 # loader's first epoch): on the Zen 4 of docs/benchmarks.md steps 5-25 of the classification demo took 7 % longer
-# than the run's average, and with the margin the demo ended 7 min 46 s after its start on a budget of 9 minutes. The second measurement is of the
-# steady state and is planned with a smaller margin; it may shorten the run as well as lengthen it. The schedule of the
-# steps between the two plans followed the first (see fix_budget).
+# than the run's average, and with the margin the demo ended 7 min 46 s after its start on a budget of 9 minutes.
+# The second measurement is of the steady state and is planned with a smaller margin; it may shorten the run as well
+# as lengthen it. The steps between the two plans ran at the first plan's rates (see fix_budget).
 REPLAN_STEPS = 60
 REPLAN_MARGIN = 1.05
 clock = time.perf_counter  # the budget's clock (a test replaces it)

@@ -38,7 +38,8 @@ def run_localize_demo(out: str = "runs", init_weights: str | None = None, overri
     root = Path(out) / name
     if init_weights:
         check_source(init_weights)
-    cfg = resolve("scenes", {**LOCALIZE_DEMO_BUDGET, "budget_after_images": 2 * val_scenes, **(overrides or {}), "train": str(root / "scenes-train"),
+    cfg = resolve("scenes", {**LOCALIZE_DEMO_BUDGET, "budget_after_images": 2 * val_scenes, **(overrides or {}),
+                             "train": str(root / "scenes-train"),
                              "val": str(root / "scenes-val"), "out": str(root), "name": "run",
                              "init_weights": init_weights or ""})
     output_dir(root)
