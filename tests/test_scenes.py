@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet50.data import FASHION_MNIST_CLASSES, embedded_dataset
+from resnet50.data import FASHION_MNIST_CLASSES, IdxDataset, embedded_dataset
 from resnet50.errors import UserError
 from resnet50.scenes import generate_scenes, iou, make_scene, read_scenes, write_scenes
+
+from .helpers import make_idx_dataset
 
 
 def reference_scene(rng, images, labels, kind, size=128):
@@ -105,6 +107,21 @@ def test_generate_scenes_is_deterministic_and_seeded():
     assert a.shape == (8, 100, 100) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert items_a == items_b and items_a != items_c
+
+
+def test_a_hidden_set_takes_its_items_from_another_idx_folder_by_the_same_rule(tmp_path):
+    idx = make_idx_dataset(tmp_path / "idx", n_train=8, n_test=12, classes=4)  # t10k: 12 items of 4 classes
+    canvases, items = generate_scenes("test", "single", count=20, seed=3, clutter=False, items_from=idx)
+    t10k = IdxDataset(idx, "test")
+    rng = np.random.Generator(np.random.PCG64(3))
+    for canvas, scene in zip(canvases, items):
+        theirs = reference_scene(rng, t10k.images, t10k.targets, "single")
+        np.testing.assert_array_equal(canvas, theirs[0])
+        assert scene == theirs[1] and scene[0][0] < 4
+    coco = json.loads(write_scenes(tmp_path / "s", "test", count=2, items_from=idx).read_text())
+    assert coco["info"]["items_from"] == str(idx) and "test split of" in coco["info"]["description"]
+    with pytest.raises(UserError):
+        generate_scenes("test", count=2, items_from=tmp_path / "nowhere")
 
 
 def test_write_scenes_coco_json(tmp_path):

@@ -51,7 +51,7 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from .data import FASHION_MNIST_CLASSES, embedded_dataset
+from .data import FASHION_MNIST_CLASSES, IdxDataset, embedded_dataset
 from .errors import UserError
 from .files import atomic_path
 
@@ -139,12 +139,15 @@ def make_scene(rng: np.random.Generator, images: np.ndarray, labels: Sequence[in
 
 
 def generate_scenes(split: str = "train", kind: Kind = "single", count: int = 1000, size: int = 128,
-                    seed: int = 0, clutter: bool = False) -> tuple[np.ndarray, list[list[tuple[int, Box]]]]:
+                    seed: int = 0, clutter: bool = False, items_from: str | os.PathLike | None = None,
+                    ) -> tuple[np.ndarray, list[list[tuple[int, Box]]]]:
     """``count`` scenes from the embedded ``split`` in memory: uint8 (count, size, size) and each scene's items.
-    The same scenes ``write_scenes`` writes for these arguments."""
+    The same scenes ``write_scenes`` writes for these arguments. ``items_from``: an IDX folder (Fashion-MNIST's
+    official files, say) whose ``split`` gives the items instead of the embedded subset ("test": its t10k files,
+    items no model of the toolkit trained on, for a hidden set made by the same rule)."""
     if count < 1:
         raise UserError(f"count must be >= 1, got {count}")
-    ds = embedded_dataset(split)
+    ds = IdxDataset(items_from, split) if items_from else embedded_dataset(split)
     rng = np.random.Generator(np.random.PCG64(seed))
     canvases, items = np.zeros((count, size, size), np.uint8), []
     for k in range(count):
@@ -153,12 +156,19 @@ def generate_scenes(split: str = "train", kind: Kind = "single", count: int = 10
     return canvases, items
 
 
+def _source(split: str, items_from) -> str:
+    return f"Fashion-MNIST {split} split of {items_from}" if items_from else f"embedded Fashion-MNIST {split} split"
+
+
 def write_scenes(out_dir: str | os.PathLike, split: str = "train", kind: Kind = "single", count: int = 1000,
-                 size: int = 128, seed: int = 0, clutter: bool = False) -> Path:
-    """Write ``count`` scenes of the embedded ``split`` as PNGs under ``out_dir/images/`` and a COCO instances file
-    ``out_dir/instances.json`` (written last: its presence means the set is whole); returns the JSON's path.
-    Every file is written atomically. Errors: ``UserError`` for a bad argument or an unwritable folder."""
-    canvases, items = generate_scenes(split, kind, count, size, seed, clutter)
+                 size: int = 128, seed: int = 0, clutter: bool = False,
+                 items_from: str | os.PathLike | None = None) -> Path:
+    """Write ``count`` scenes of the embedded ``split`` (or of ``items_from``'s, :func:`generate_scenes`) as PNGs
+    under ``out_dir/images/`` and a COCO instances file ``out_dir/instances.json`` (written last: its presence means
+    the set is whole); returns the JSON's path. Every file is written atomically. Errors: ``UserError`` for a bad
+    argument or an unwritable folder."""
+    canvases, items = generate_scenes(split, kind, count, size, seed, clutter, items_from)
+    source = _source(split, items_from)
     out = Path(out_dir)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -174,9 +184,9 @@ def write_scenes(out_dir: str | os.PathLike, split: str = "train", kind: Kind = 
             annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": label + 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
     coco = {
-        "info": {"description": f"resnet50 scenes: {kind}{', cluttered' if clutter else ''}, embedded Fashion-MNIST "
-                                f"{split} split", "rule": "resnet50.scenes", "split": split, "kind": kind,
-                 "count": count, "size": size, "seed": seed, "clutter": clutter},
+        "info": {"description": f"resnet50 scenes: {kind}{', cluttered' if clutter else ''}, {source}",
+                 "rule": "resnet50.scenes", "split": split, "kind": kind, "count": count, "size": size, "seed": seed,
+                 "clutter": clutter, "items_from": str(items_from) if items_from else None},
         "images": coco_images,
         "annotations": annotations,
         "categories": [{"id": c + 1, "name": name, "supercategory": "fashion"}
@@ -192,7 +202,7 @@ CLUTTER_SEED_OFFSET = 7  # the cluttered half of a mixed set draws from seed + 7
 
 
 def write_mixed_scenes(root: str | os.PathLike, split: str = "train", kind: Kind = "single", count: int = 1000,
-                       seed: int = 0, size: int = 128) -> Path:
+                       seed: int = 0, size: int = 128, items_from: str | os.PathLike | None = None) -> Path:
     """``count`` plain scenes under ``root/plain/`` and ``count`` cluttered ones under ``root/clutter/`` (each a
     COCO folder of :func:`write_scenes`, the cluttered with seed + 7), and ``root/instances.json`` listing both
     (image ids of the cluttered half follow the plain's; file names ``plain/images/...``, ``clutter/images/...``):
@@ -201,7 +211,7 @@ def write_mixed_scenes(root: str | os.PathLike, split: str = "train", kind: Kind
     parts = []
     for name, clutter in (("plain", False), ("clutter", True)):
         write_scenes(root / name, split=split, kind=kind, count=count, size=size,
-                     seed=seed + (CLUTTER_SEED_OFFSET if clutter else 0), clutter=clutter)
+                     seed=seed + (CLUTTER_SEED_OFFSET if clutter else 0), clutter=clutter, items_from=items_from)
         parts.append((name, json.loads((root / name / "instances.json").read_text())))
     images, anns = [], []
     for name, doc in parts:
@@ -209,8 +219,9 @@ def write_mixed_scenes(root: str | os.PathLike, split: str = "train", kind: Kind
         images += [dict(im, id=im["id"] + offset, file_name=f"{name}/{im['file_name']}") for im in doc["images"]]
         anns += [dict(a, id=len(anns) + k + 1, image_id=a["image_id"] + offset) for k, a in enumerate(doc["annotations"])]
     doc = dict(parts[0][1], images=images, annotations=anns)
-    doc["info"] = dict(doc["info"], description=f"resnet50 scenes: {kind}, half plain, half cluttered, embedded "
-                                                f"Fashion-MNIST {split} split", clutter="half")
+    source = _source(split, items_from)
+    doc["info"] = dict(doc["info"], description=f"resnet50 scenes: {kind}, half plain, half cluttered, {source}",
+                       clutter="half")
     with atomic_path(root / "instances.json") as tmp:
         tmp.write_text(json.dumps(doc))
     return root
