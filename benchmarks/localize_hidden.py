@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from resnet50.cpu import cpu_info
+from resnet50.errors import UserError
 from resnet50.files import output_dir, write_json
 from resnet50.scenes import write_mixed_scenes
 
@@ -62,4 +63,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"error: {' '.join(e.cmd[:3])} failed (exit {e.returncode}); its message is above")
