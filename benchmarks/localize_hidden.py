@@ -38,8 +38,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep-scenes", action="store_true")
     a = p.parse_args()
-    out = output_dir(Path(a.out))
-    t0 = time.perf_counter()
+    out, t0 = Path(a.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = out / "scenes" if a.keep_scenes else Path(tmp)
         write_mixed_scenes(root, "test", "single", a.scenes, a.seed, items_from=a.items)
@@ -55,7 +54,7 @@ def main() -> int:
               "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
               "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
               "runs": 1}
-    write_json(out / "hidden.json", result, indent=2)
+    write_json(output_dir(out) / "hidden.json", result, indent=2)
     for kind, f in figures.items():
         print(f"hidden {kind}: top-1 loc {f['top1_loc']:.2%}, GT-known {f['gt_known_loc']:.2%}, top-1 cls "
               f"{f['top1_cls']:.2%}, top-5 loc {f['top5_loc']:.2%}, mean IoU {f['mean_iou']:.3f}")
