@@ -688,8 +688,7 @@ def _after_step(run: Run, meter: EpochMeter, epoch: int, bar) -> bool:
     step, r = run.state.step, run.cfg.run
     if r.time_budget and not r.budget_steps and (measured := run.calibration.at(step)) is not None:
         fix_budget(run, *measured)
-        if r.budget_steps > step + REPLAN_STEPS:
-            run.calibration.planned_at(step, measured[1], run.eval_s)
+        run.calibration.planned_at(step, measured[1], run.eval_s)  # a run that ends first never measures again
         bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
     elif (measured := run.calibration.again(step, run.eval_s)) is not None:
         fix_budget(run, *measured, again=True)
