@@ -11,7 +11,7 @@ import torch
 from resnet50 import UserError, create_model, weights
 from resnet50.cli import main
 from resnet50.data import Preprocessing
-from resnet50.lr_find import range_test, valley
+from resnet50.lr_find import minimum, quarter_min, range_test, slide, steep, suggest, valley
 from resnet50.optim import build_optimizer, param_groups
 from resnet50.recipes import resolve
 from resnet50.train import frozen_stages, train
@@ -111,6 +111,27 @@ def test_valley_on_a_hand_checked_curve():
         valley([1.0, 9.0])
 
 
+def test_the_other_rules_on_a_hand_checked_curve():
+    lrs = [10.0 ** e for e in range(-6, 2)]  # one point a decade
+    losses = [2.0, 1.9, 1.5, 0.6, 0.4, 0.35, 0.5, 3.0]
+    assert minimum(lrs, losses) == pytest.approx(1e-2)  # the lowest loss at 1e-1, a tenth of it
+    assert quarter_min(lrs, losses) == pytest.approx(2.5e-2)  # a quarter of it
+    assert steep(lrs, losses) == 1e-4  # the largest fall per decade: 1.5 -> 0.6, from 1e-4 to 1e-3
+    # slopes by numpy.gradient: [-0.1, -0.25, -0.65, -0.55, -0.125, 0.05, 1.325, 2.5]; with lr_diff 3 and thresh 0.2
+    # walking back from the end: |2.5 - (-0.125)|, |1.325 - (-0.55)|, |0.05 - (-0.65)| too large, then
+    # |-0.125 - (-0.25)| = 0.125 stops the walk, leaving the rate of the last pair's left point, 1e-4
+    assert slide(lrs, losses, lr_diff=3, thresh=0.2) == 1e-4
+    # suggest trims fastai's way ([requested // 10 : -5]) only when 5 or more points remain
+    many = [1e-7 * 10 ** (i / 10) for i in range(60)]
+    curve = [1.0 - 0.01 * i if i < 40 else 0.61 + 0.2 * (i - 39) for i in range(60)]  # lowest at index 39
+    rates = suggest(many, curve, 60)
+    assert rates["minimum"] == pytest.approx(many[39] / 10)
+    # kept: indices 6..54; the run falls over kept 0..33 (34 points), counted from -1: -1 + int(34/3) + int(34/6)
+    # = 15, index 6 + 15 of the whole curve (untrimmed: -1 + 13 + 6 = 18)
+    assert rates["valley"] == many[21]
+    assert suggest(lrs, losses, 8)["minimum"] == pytest.approx(1e-2)  # too short to trim: the whole curve
+
+
 def test_range_test_on_a_tiny_case(data, tmp_path):
     # torch's convolutions: the case's divergence point (within 30 steps) was found with them; the small-map
     # matrix products round differently and this tiny net then blows up a step or two later
@@ -122,6 +143,10 @@ def test_range_test_on_a_tiny_case(data, tmp_path):
     blow_up = next(lr for lr, x in zip(r["lrs"], r["losses"]) if x > 1.2 * low)
     assert r["lr"] < blow_up and r["steps"] < 30  # suggested before the loss takes off, which ended the test early
     assert Path(r["plot"]).stat().st_size > 0 and json.loads(Path(r["json"]).read_text())["lr"] == r["lr"]
+    assert r["rule"] == "quarter-min" and set(r["suggestions"]) == {"valley", "minimum", "steep", "slide",
+                                                                    "quarter-min"}
+    assert r["suggestions"]["quarter-min"] == pytest.approx(r["lr_per_256"])
+    assert r["suggestions"]["quarter-min"] == pytest.approx(2.5 * r["suggestions"]["minimum"])
 
 
 def test_bad_fine_tuning_inputs_are_one_line_errors(data, tmp_path, capsys):

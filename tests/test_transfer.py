@@ -32,3 +32,21 @@ def test_transfer_runs_every_method_and_writes_its_figures(tmp_path, capsys):
         tops = sorted(x["top1"] for x in r["runs"] if x["method"] == m)
         assert row["2"] == (tops[0] + tops[1]) / 2 and 0 <= row["2"] <= 1  # the median of two seeds
     assert Path(r["plot"]).stat().st_size > 0 and (tmp_path / "t" / "transfer.json").is_file()
+
+
+def test_lr_find_gives_each_trained_run_the_range_tests_rate(tmp_path, capsys):
+    torch.manual_seed(0)
+    pre = tmp_path / "pre.safetensors"
+    weights.save(pre, create_model("resnet18", num_classes=5, in_chans=1), ["a", "b", "c", "d", "e"],
+                 Preprocessing(48, 48, (0.286,), (0.353,)))
+    out = tmp_path / "t"
+    assert main(["experiment", "transfer", "--out", str(out), "--ks", "2", "--seeds", "1", "--steps", "2",
+                 "--pretrained", str(pre), "--methods", "finetune,scratch", "--lr-find", "--no-progress",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["lr_find"] is True and len(r["runs"]) == 2
+    for run in r["runs"]:
+        found = json.loads((out / "runs" / f"{run['method']}-k2-seed0-find-lr-find" / "lr_find.json").read_text())
+        assert run["lr_per_256"] == found["lr_per_256"]  # the range test's suggestion, on the run's own images
+        config = json.loads((out / "runs" / f"{run['method']}-k2-seed0" / "config.json").read_text())
+        assert config["optim"]["lr"] == run["lr_per_256"]

@@ -12,7 +12,9 @@ class (k = 10, 50, 250, drawn by seed from the embedded train split) four ways:
     scratch       the ``demo`` recipe from random weights
 
 each scored by top-1 on those five classes of the embedded validation split (about 1,000 images; never trained
-on). Every trained run takes the same number of optimiser steps (``steps``), at the demo's 48 px. The figures are
+on), validated once, at its end. Every trained run takes the same number of optimiser steps (``steps``), at the
+demo's 48 px, and its recipe's peak learning rate, or with ``lr_find`` the range test's suggestion on its own k-shot
+training set (``resnet50.lr_find``; the scored images play no part). The figures are
 medians over ``seeds`` (a seed draws the k-shot images and initialises the run); ``transfer.png`` plots accuracy
 against k, ``transfer.json`` keeps every run.
 """
@@ -32,6 +34,7 @@ from .data.transforms import eval_transform
 from .errors import UserError
 from .evaluate import knn_score
 from .files import output_dir, pyplot, save_figure, write_json
+from .lr_find import auto_lr
 from .recipes import resolve
 from .train import train
 
@@ -87,35 +90,42 @@ def pretrain(out: Path, epochs: int, progress: bool, log) -> str:
 
 def run_method(method: str, data: Path, pretrained: str, out: Path, name: str, steps: int, seed: int,
                n_train: int, progress: bool, arch: str = "resnet50", overrides: dict | None = None,
-               repeats: int = 1) -> float:
-    """One method's top-1 on the target classes' validation images; ``data`` holds ``n_train`` distinct images,
-    each ``repeats`` times."""
+               repeats: int = 1, lr_find: bool = False) -> tuple[float, float | None]:
+    """One method's top-1 on the target classes' validation images and its peak rate per 256 images (None for
+    k-NN); ``data`` holds ``n_train`` distinct images, each ``repeats`` times; ``lr_find``: the rate from the range
+    test on ``data``'s training images."""
     if method == "knn":
         ckpt = weights.load(pretrained)
         gallery = build_dataset(str(data), "train", in_chans=ckpt.model.cfg.in_chans)
         queries = build_dataset(str(data), "val", in_chans=ckpt.model.cfg.in_chans)
         transform = eval_transform(ckpt.preprocessing.for_channels(ckpt.model.cfg.in_chans), ckpt.model.cfg.in_chans)
         return knn_score(ckpt.model.eval(), gallery, queries, transform, min(KNN_K, n_train),
-                         progress=False)["top1"]
+                         progress=False)["top1"], None
     batch = min(32, max(2, n_train // 2))
     epochs = max(1, math.ceil(steps / (n_train * repeats // batch)))
     over = {**SHARED, "arch": arch, **(overrides or {}), "data": str(data), "out": str(out), "name": name,
             "batch_size": batch, "epochs": epochs, "max_steps": steps, "seed": seed,
-            "warmup_epochs": min(0.3 * epochs, 2.0)}
+            "warmup_epochs": min(0.3 * epochs, 2.0), "eval_every": epochs}
     if method != "scratch":
         over["init_weights"] = pretrained
     if method == "finetune":
         over["freeze_epochs"] = max(1, epochs // 8)  # about an eighth of the run with the head alone
     recipe = {"finetune": "finetune", "linear-probe": "linear-probe", "scratch": "demo"}[method]
-    res = train(resolve(recipe, over), progress=progress, log=lambda *a: None)
-    return res["val_top1"]  # the run's last validation: the best of several would be chosen on the scored images
+    if lr_find:
+        over["lr"] = auto_lr(resolve(recipe, {**over, "name": name + "-find"}), progress=False, log=lambda *a: None)
+    cfg = resolve(recipe, over)
+    res = train(cfg, progress=progress, log=lambda *a: None)
+    return res["val_top1"], cfg.optim.lr  # its last validation: the best of several is chosen on the scored images
 
 
 def transfer(out: str = "runs/transfer", ks=(10, 50, 250), seeds: int = 3, pretrained: str | None = None,
              steps: int = 300, pretrain_epochs: int = 4, methods=METHODS, progress: bool = True, log=print,
-             overrides: dict | None = None) -> dict:
+             overrides: dict | None = None, lr_find: bool = False) -> dict:
     """Run the experiment (module docstring). ``overrides``: TrainConfig fields for every trained run (the
-    architecture is the pretrained weights'). Returns per method and k the median top-1 and every seed's."""
+    architecture is the pretrained weights'); ``lr_find``: each trained run's rate from the range test on its
+    training images. Returns per method and k the median top-1 and every seed's (with its rate)."""
+    if lr_find and "lr" in (overrides or {}):
+        raise UserError("give either --lr-find or --lr, not both: --lr-find picks each run's rate")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or seeds < 1 or steps < 1 or not ks or min(ks) < 1:
         raise UserError(f"transfer needs methods among {', '.join(METHODS)} (not {unknown}), seeds >= 1, steps >= 1 "
@@ -143,15 +153,17 @@ def transfer(out: str = "runs/transfer", ks=(10, 50, 250), seeds: int = 3, pretr
                     (data / "val").symlink_to(val.resolve(), target_is_directory=True)
             for method in methods:
                 r = 1 if method == "knn" else repeats  # k-NN votes over the distinct images
-                top1 = run_method(method, folders[r], pretrained, root / "runs", f"{method}-k{k}-seed{seed}", steps,
-                                  seed, 5 * k, progress, arch, overrides, r)
-                runs.append({"method": method, "k": k, "seed": seed, "top1": top1})
-                log(f"k = {k:>3}, seed {seed}: {method:<12} top-1 {top1:.2%}")
+                top1, lr = run_method(method, folders[r], pretrained, root / "runs", f"{method}-k{k}-seed{seed}",
+                                      steps, seed, 5 * k, progress, arch, overrides, r, lr_find)
+                runs.append({"method": method, "k": k, "seed": seed, "top1": top1, "lr_per_256": lr})
+                log(f"k = {k:>3}, seed {seed}: {method:<12} top-1 {top1:.2%}" +
+                    (f" (lr {lr:.3g} per 256)" if lr is not None else ""))
     table = {m: {k: statistics.median(r["top1"] for r in runs if r["method"] == m and r["k"] == k) for k in ks}
              for m in methods}
     plot = root / "transfer.png"
     _plot(table, ks, seeds, plot)
-    result = {"pretrained": pretrained, "ks": list(ks), "seeds": seeds, "steps": steps, "median_top1": table,
+    result = {"pretrained": pretrained, "ks": list(ks), "seeds": seeds, "steps": steps, "lr_find": lr_find,
+              "median_top1": table,
               "runs": runs, "plot": str(plot), "target_classes": list(TARGET), "source_classes": list(SOURCE)}
     write_json(root / "transfer.json", result, indent=2)
     return result

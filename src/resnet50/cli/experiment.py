@@ -21,6 +21,8 @@ def register(sub) -> None:
                                                       "source classes (ours, torchvision/timm, tv:resnet50.v2)")
     t.add_argument("--pretrain-epochs", type=int, default=4)
     t.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
+    t.add_argument("--lr-find", action="store_true", help="each trained run takes its peak rate from the "
+                   "learning-rate range test on its own k images (resnet50 lr-find's rule), not its recipe's")
     p.add_argument("--data", default="embedded", help="dataset (default: the embedded Fashion-MNIST subset)")
     p.add_argument("--depths", default="20,56", help="CIFAR-style depths 6n+2 to compare (default 20,56)")
     p.add_argument("--only", default="", help="train just these of the nets, e.g. plain56,resnet20 (default: all); "
@@ -64,7 +66,7 @@ def run_transfer(args) -> int:
     r = transfer(out, [int(k) for k in args.ks.split(",") if k.strip()], args.seeds, args.pretrained, args.steps,
                  args.pretrain_epochs, [m for m in args.methods.split(",") if m.strip()], not args.no_progress,
                  (lambda *a: None) if args.json else print,
-                 {k: v for k, v in config_overrides(args, skip=OWN).items() if k != "arch"})
+                 {k: v for k, v in config_overrides(args, skip=OWN).items() if k != "arch"}, args.lr_find)
     if args.json:
         print_json(r)
         return 0
