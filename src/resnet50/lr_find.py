@@ -12,7 +12,8 @@ requested steps and its last five points (the start's noise, the divergence):
              third (fastai's default since 2.5)
     minimum  a tenth of the rate at the smoothed loss's minimum (fastai 1's suggestion)
     quarter-min  a quarter of that rate: ours, for recipes whose peak rate is warmed up to and annealed (cosine),
-             calibrated on three 5-point sweeps where the best peak lay 2.2-6.0x under the minimum's rate
+             calibrated on three 5-point sweeps where the best peak lay 2.2-6.0x under the minimum's rate (two
+             later sweeps: 2.0x under and 1.1x over it)
     steep    the rate where the smoothed loss falls fastest per decade
     slide    Chang's interval slide rule (from the end, the first rate whose slope stops changing)
 
@@ -99,7 +100,8 @@ def quarter_min(lrs: list[float], losses: list[float]) -> float:
 RULES = {"valley": lambda lrs, losses: lrs[valley(losses)], "minimum": minimum, "steep": steep, "slide": slide,
          "quarter-min": quarter_min}
 # chosen on the sweeps of docs/benchmarks.md (finetune k = 50 and 250, scratch k = 50): the only rule within 2x of
-# the best rate on all three (0.56-1.5x); valley, fastai's default, was 0.07-0.10x, minimum 0.22-0.60x
+# the best rate on all three (0.56-1.5x); valley, fastai's default, was 0.07-0.10x, minimum 0.22-0.60x. Of two
+# sweeps run after the choice it was 0.50x on one and 0.22x on the other.
 DEFAULT_RULE = "quarter-min"
 
 
