@@ -50,3 +50,10 @@ def test_lr_find_gives_each_trained_run_the_range_tests_rate(tmp_path, capsys):
         assert run["lr_per_256"] == found["lr_per_256"]  # the range test's suggestion, on the run's own images
         config = json.loads((out / "runs" / f"{run['method']}-k2-seed0" / "config.json").read_text())
         assert config["optim"]["lr"] == run["lr_per_256"]
+
+
+def test_a_degradation_flag_given_to_transfer_is_refused(tmp_path, capsys):
+    assert main(["experiment", "transfer", "--out", str(tmp_path / "t"), "--lr", "0.1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lr is a degradation option" in err and "--lr-find" in err
+    assert not (tmp_path / "t").exists()  # nothing written

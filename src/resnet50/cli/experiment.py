@@ -3,6 +3,7 @@ what pretrained weights buy on few images of new classes (resnet50.experiments, 
 
 from ..experiments import degradation
 from ..transfer import METHODS, transfer
+from ..errors import UserError
 from . import add_config_flags, config_overrides, print_json
 
 # the fields this command sets with its own flags (and defaults); every other TrainConfig field is a flag too
@@ -61,7 +62,17 @@ def run(args) -> int:
     return 0
 
 
+# the degradation experiment's own flags and defaults: transfer refuses them rather than ignore them
+DEGRADATION_ONLY = {"data": "embedded", "depths": "20,56", "only": "", "epochs": 8, "batch_size": 128, "lr": 0.2,
+                    "warmup_epochs": 0.5, "max_steps": 0}
+
+
 def run_transfer(args) -> int:
+    given = [k for k, default in DEGRADATION_ONLY.items() if getattr(args, k) != default]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} is a degradation option; transfer runs take --steps, their recipe's rates (or "
+                        "--lr-find) and the embedded data: drop it")
     out = args.out if args.out != "runs/degradation" else "runs/transfer"
     r = transfer(out, [int(k) for k in args.ks.split(",") if k.strip()], args.seeds, args.pretrained, args.steps,
                  args.pretrain_epochs, [m for m in args.methods.split(",") if m.strip()], not args.no_progress,
