@@ -115,7 +115,7 @@ def run_method(method: str, data: Path, pretrained: str, out: Path, name: str, s
         over["lr"] = auto_lr(resolve(recipe, {**over, "name": name + "-find"}), progress=False, log=lambda *a: None)
     cfg = resolve(recipe, over)
     res = train(cfg, progress=progress, log=lambda *a: None)
-    return res["val_top1"], cfg.optim.lr  # its last validation: the best of several is chosen on the scored images
+    return res["val_top1"], cfg.optim.lr  # its one validation (a best of several: chosen on scored images)
 
 
 def transfer(out: str = "runs/transfer", ks=(10, 50, 250), seeds: int = 3, pretrained: str | None = None,
