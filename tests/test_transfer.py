@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from resnet50 import create_model, weights
@@ -57,3 +58,17 @@ def test_a_degradation_flag_given_to_transfer_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--lr is a degradation option" in err and "--lr-find" in err
     assert not (tmp_path / "t").exists()  # nothing written
+
+
+def test_bad_transfer_inputs_write_nothing(tmp_path, capsys):
+    bad = tmp_path / "x.safetensors"
+    bad.write_text("hi")
+    assert main(["experiment", "transfer", "--out", str(tmp_path / "t"), "--pretrained", str(bad), "--lr-find",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable safetensors file" in err
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(SystemExit) as stop:  # argparse's own errors: one line too, naming --help
+        main(["lr-find", "--rule", "bogus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "invalid choice: 'bogus'" in err and "--help" in err

@@ -130,13 +130,15 @@ def transfer(out: str = "runs/transfer", ks=(10, 50, 250), seeds: int = 3, pretr
     if unknown or seeds < 1 or steps < 1 or not ks or min(ks) < 1:
         raise UserError(f"transfer needs methods among {', '.join(METHODS)} (not {unknown}), seeds >= 1, steps >= 1 "
                         "and k >= 1")
+    arch = None
+    if pretrained is not None:
+        weights.check_source(pretrained)
+        arch = weights.load(pretrained).arch  # read before anything is written: a bad file is a one-line error
     root = Path(out)
     output_dir(root)
     if pretrained is None:
         pretrained = pretrain(root, pretrain_epochs, progress, log)
-    else:
-        weights.check_source(pretrained)
-    arch = weights.load(pretrained).arch  # scratch runs train the same network
+        arch = weights.load(pretrained).arch  # scratch runs train the same network
     val = root / "target-val"
     if not val.exists():
         write_split(val, "val", TARGET)

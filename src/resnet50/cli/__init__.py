@@ -21,8 +21,16 @@ ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 COMMANDS = ("demo", "models", "summary", "convert", "train", "lr-find", "evaluate", "embed", "experiment", "predict", "batch-predict", "export", "quantize", "benchmark", "serve", "detect", "localize")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag or value reported on one line (argparse's own error prints the whole usage first);
+    the subcommands' parsers are of this class too (``add_subparsers`` makes its parent's kind)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet50", description="The ResNet-50 toolkit (He et al., 2015).")
+    parser = Parser(prog="resnet50", description="The ResNet-50 toolkit (He et al., 2015).")
     parser.add_argument("--version", action="version", version=f"resnet50 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
