@@ -1,5 +1,5 @@
-"""resnet50 localize train|evaluate|predict|export|demo|wsol: one object per image, its class and box
-(resnet50.localize; wsol: resnet50.localize.wsol)."""
+"""resnet50 localize train|evaluate|predict|export|demo|wsol|bas: one object per image, its class and box
+(resnet50.localize; wsol: resnet50.localize.wsol; bas: resnet50.localize.bas)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
 from ..localize.evaluate import evaluate, load_localizer
 from ..localize.predict import export_onnx, locate_files
 from ..localize.train import RECIPES, LocalizeTrainConfig, resolve, resume_config, single_objects, train
+from ..localize.bas import AREA_WEIGHT, run_bas
 from ..localize.wsol import run_wsol
 from . import add_config_flags, config_overrides, print_json
 
@@ -73,6 +74,29 @@ def _register_wsol(lsub) -> None:
     w.add_argument("--stage", choices=("C4", "C5"), default="C4", help="descriptor stage (default C4, layer3)")
     w.add_argument("--batch-size", type=int, default=32)
     _common(w, run_wsol_cmd)
+    b = lsub.add_parser("bas", help="weakly supervised boxes by background activation suppression (BAS, Wu et al. "
+                                    "2022): a foreground generator on a fixed classifier, labels only",
+                        description="Trains a foreground-map generator on a fixed classifier from class labels only "
+                                    "(BAS: what the classifier still sees once the map's region is erased from the "
+                                    "image, plus the map's area), chooses the box threshold on --held-out (a few boxed "
+                                    "images, e.g. 100), scores every --val folder by the ILSVRC rule and writes pseudo "
+                                    "boxes of the training images for a box regressor (then: resnet50 localize train "
+                                    "--train OUT/pseudo --regression scr).")
+    b.add_argument("--weights", required=True, help="a classifier trained with class labels (or a localiser: its "
+                                                    "classifier); it is not changed")
+    b.add_argument("--train", required=True, help="COCO folder of single-object images: their labels train it")
+    b.add_argument("--held-out", required=True, help="COCO folder of a few boxed images that choose the threshold")
+    b.add_argument("--val", required=True, nargs="+", help="COCO folder(s) scored (boxes read only to score)")
+    b.add_argument("--out", required=True, help="folder for generator.safetensors, pseudo/, bas.json, maps.png")
+    b.add_argument("--image-size", type=int, default=128, help="letterbox side the classifier reads (default 128)")
+    b.add_argument("--steps", type=int, default=400, help="generator training steps (default 400)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--lr", type=float, default=1e-3, help="AdamW peak rate, cosine to zero (default 1e-3)")
+    b.add_argument("--area-weight", type=float, default=AREA_WEIGHT, help=f"weight of the map's area (default "
+                                                                          f"{AREA_WEIGHT})")
+    b.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    b.add_argument("--seed", type=int, default=0)
+    _common(b, run_bas_cmd)
 
 
 def _common(p, func) -> None:
@@ -162,4 +186,20 @@ def run_wsol_cmd(args) -> int:
     if o.get("maps"):
         print(f"CAM heat centroid offset: median x {o['median_x']:+.1f} px, y {o['median_y']:+.1f} px")
     print(f"pseudo boxes: {r['pseudo_boxes']}; offsets histogram: {r['offsets_picture']}")
+    return 0
+
+
+def run_bas_cmd(args) -> int:
+    r = run_bas(args.weights, args.train, args.held_out, args.val, args.out, args.image_size, args.steps,
+                args.batch_size, args.lr, args.area_weight, amp=args.amp, seed=args.seed,
+                progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print_json({k: v for k, v in r.items() if k != "history"})
+        return 0
+    print(f"BAS generator: {r['steps']} steps in {r['train_seconds'] / 60:.1f} min; threshold {r['threshold']} from "
+          f"{r['held_out_images']} held-out images")
+    for path, f in r["val"].items():
+        print(f"{path}: top-1 loc {f['top1_loc']:.2%} ({f['loc_over_cls']:.2f} of top-1 cls {f['top1_cls']:.2%}), "
+              f"GT-known {f['gt_known_loc']:.2%}, mean IoU {f['mean_iou']:.3f} on {f['images']} images")
+    print(f"pseudo boxes: {r['pseudo_boxes']} ({r['pseudo_box_iou50']:.1%} at IoU >= 0.5); maps: {r['picture']}")
     return 0

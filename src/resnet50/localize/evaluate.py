@@ -60,7 +60,8 @@ def load_localizer(path: str | os.PathLike) -> LocalizerCheckpoint:
     naming the file and what reads it when it holds a classifier or a detector."""
     p = Path(path)
     if p.is_dir():
-        p = next((p / n for n in ("best.safetensors", "final.safetensors") if (p / n).is_file()), p / "final.safetensors")
+        p = next((p / n for n in ("best.safetensors", "final.safetensors") if (p / n).is_file()),
+                 p / "final.safetensors")
     if not p.is_file():
         raise UserError(f"no localiser at {p}; give a localiser's .safetensors or its run folder")
     meta, tensors = read_safetensors(p)

@@ -214,7 +214,8 @@ def ddt_maps(model: ResNet, ddt: DDT, ds: CocoDataset, size: int, mean, std, bat
              progress: bool = False) -> dict:
     """DDT's maps (N, h, w) for every image of ``ds``: from its true class's component (``true_maps``: class labels
     are the weak supervision WSOL allows) and from the predicted class's (``pred_maps``), with the classifier's
-    logits, the true boxes (``gt``, read only to score), labels, letterbox scales and COCO ids. Boxes come from :func:`map_boxes` at a threshold chosen on a held-out set (:func:`choose_threshold`)."""
+    logits, the true boxes (``gt``, read only to score), labels, letterbox scales and COCO ids. Boxes come from
+    :func:`map_boxes` at a threshold chosen on a held-out set (:func:`choose_threshold`)."""
     net = dilated(model, OUTPUT_STRIDE).eval()
     model = model.eval()
     per_class = len(ddt.direction) > 1
@@ -246,7 +247,7 @@ def choose_threshold(maps: Tensor, gt: Tensor, size: int, thresholds=THRESHOLDS)
 
 
 def write_pseudo_boxes(ds: CocoDataset, image_ids: list[int], boxes: Tensor, scales: list[float],
-                       out: str | Path) -> Path:
+                       out: str | Path, method: str = "DDT, Wei et al. 2019") -> Path:
     """A COCO folder (``out/instances.json``) with ``ds``'s images (absolute paths, not copied), their categories
     and one box each: ``boxes`` (N, 4 xyxy input px of the letterbox at ``scales``), written in the images' own
     pixels. The true boxes are not written. Atomic; returns the JSON's path."""
@@ -264,7 +265,7 @@ def write_pseudo_boxes(ds: CocoDataset, image_ids: list[int], boxes: Tensor, sca
     path = root / "instances.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats,
-                                   "info": {"description": "pseudo boxes (DDT, Wei et al. 2019) for PSOL training: "
+                                   "info": {"description": f"pseudo boxes ({method}) for PSOL training: "
                                                            "no true box was read"}}))
     return path
 

@@ -1,0 +1,316 @@
+"""BAS: weakly supervised localisation by background activation suppression (Wu, Zhai, Cao, "Background Activation
+Suppression for Weakly Supervised Object Localization", CVPR 2022).
+
+A generator reads a classifier's C3 and C4 maps and draws, per class, a foreground map ``M`` in [0, 1] at stride 8.
+It learns from class labels only, with the classifier held fixed, by three terms (the paper's section 3):
+
+- **background activation** ``S_bg / S``: ``S`` is the true class's activation over the whole image (the mean of
+  its ReLU'd class-activation map, CAM, on C5) and ``S_bg`` the same after the C4 features are multiplied by
+  ``1 - M``: what the classifier still sees of the class once the foreground is erased. Activation, not
+  cross-entropy, is the paper's point: cross-entropy saturates once a part of the object is kept, the activation
+  keeps falling until the whole object is covered. Ratios >= 1 are cut to 1 (the paper sets them to zero: either
+  way they carry no gradient);
+- **area** ``mean(M)`` times ``area_weight``: the smallest map that suppresses the background's activation;
+- **foreground guidance**: cross-entropy of the classifier on the C4 features multiplied by ``M`` (weight 0.5, as
+  the paper's ResNet-50), so that the foreground alone is enough to tell the class.
+
+Differences from the paper, each for a reason: the classifier is not trained with the generator (it is given,
+trained on the same images with labels only, and stays exactly as it was: its top-1 is the classifier's); the
+generator reads C3 (stride 8) and C4 upsampled to it instead of C4 at stride 8 from a dilated layer3, so that its
+map is at stride 8 with the classifier unchanged; the erasing happens on C4 (stride 16), the map averaged over
+each C4 cell's 3 x 3 neighbourhood of C3 cells.
+
+At inference the map of the predicted class (top-1 localisation) or of the true class (GT-known) is upsampled to
+the input, thresholded at a fraction of its maximum chosen on a small held-out set with boxes (Choe et al. 2020),
+and boxed around its largest 8-connected region (``wsol.map_boxes``).
+
+Shapes: images (N, C, S, S) normalised; C3 (N, 512, S/8, S/8), C4 (N, 1024, S/16, S/16) for ResNet-50; maps
+(N, K, S/8, S/8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..cam import upsample_map
+from ..detect.coco import CocoDataset, make_batch
+from ..engine import autocast_dtype
+from ..errors import UserError
+from ..files import output_dir, pyplot, save_figure, write_json
+from ..model import ResNet
+from ..weights import write_safetensors
+from .train import single_objects
+from .wsol import (_batches, _iou, _normalise, choose_threshold, classifier_of, heat_offsets, loc_figures, map_boxes,
+                   offset_summary, write_pseudo_boxes)
+
+FOREGROUND_WEIGHT = 0.5  # the paper's ResNet-50 weight of the foreground cross-entropy
+AREA_WEIGHT = 1.0  # the paper uses 0.7-1.5 by backbone; chosen on the held-out scenes (docs/benchmarks.md)
+C3_STRIDE = 8
+
+
+class ForegroundGenerator(nn.Module):
+    """(C3 (N, c3, h, w), C4 (N, c4, h/2, w/2)) -> per-class foreground maps (N, K, h, w) in [0, 1]: C4 upsampled
+    onto C3's grid (each C4 cell on the C3 cell at its centre), the two concatenated, a 1x1 and a 3x3 convolution
+    with BatchNorm and ReLU to ``width`` channels, a 3x3 convolution to K maps, a sigmoid."""
+
+    def __init__(self, c3: int, c4: int, num_classes: int, width: int = 256) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c3 + c4, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(width, num_classes, 3, padding=1)
+
+    def forward(self, c3: Tensor, c4: Tensor) -> Tensor:
+        n, c, h, w = c4.shape
+        up = upsample_map(c4.float().reshape(n * c, h, w), tuple(c3.shape[-2:]), 2).reshape(n, c, *c3.shape[-2:])
+        return torch.sigmoid(self.out(self.body(torch.cat([c3.float(), up], 1))).float())
+
+
+@torch.no_grad()
+def classifier_maps(net: ResNet, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(C3, C4, C5) of a fixed classifier ``net`` (eval mode) for normalised images ``x``."""
+    x = net.stem(x)
+    c3 = net.layer2(net.layer1(x))
+    c4 = net.layer3(c3)
+    return c3, c4, net.layer4(c4)
+
+
+def class_activation(net: ResNet, c5: Tensor, labels: Tensor) -> Tensor:
+    """The activation of class ``labels`` (N,): the mean over positions of its ReLU'd CAM on ``c5``, (N,)."""
+    fc = net.get_classifier()
+    cam = torch.einsum("nc,nchw->nhw", fc.weight[labels].float(), c5.float()) + fc.bias[labels].float()[:, None, None]
+    return F.relu(cam).mean((1, 2))
+
+
+def to_c4(m: Tensor) -> Tensor:
+    """(N, h, w) maps on C3's grid -> (N, 1, h/2, w/2) on C4's: each C4 cell the mean of the 3 x 3 C3 cells around
+    the one at its centre."""
+    return F.avg_pool2d(m[:, None], 3, stride=2, padding=1, count_include_pad=False)
+
+
+def erase(x: Tensor, m: Tensor, fill: Tensor) -> tuple[Tensor, Tensor]:
+    """(the background image: ``x`` with the foreground map ``m`` (N, h, w, stride 8) upsampled to its pixels and
+    blended towards ``fill`` (C,), the normalised value of black; the foreground image: the complement)."""
+    mp = upsample_map(m.float(), tuple(x.shape[-2:]), C3_STRIDE)[:, None].to(x.dtype)
+    f = fill.to(x.dtype).reshape(1, -1, 1, 1)
+    return x * (1 - mp) + f * mp, x * mp + f * (1 - mp)
+
+
+def bas_losses(net: ResNet, gen: ForegroundGenerator, x: Tensor, labels: Tensor, fill: Tensor, area_weight: float,
+               foreground_weight: float = FOREGROUND_WEIGHT, autocast=None) -> dict[str, Tensor]:
+    """The three terms of the module docstring for a batch of normalised images ``x`` (N, C, S, S) with labels
+    (N,); ``fill`` (C,) the normalised value of a black pixel; the classifier ``net`` fixed (no gradient reaches
+    its weights)."""
+    ctx = autocast if autocast is not None else torch.autocast(x.device.type, enabled=False)
+    with ctx:
+        c3, c4, c5 = classifier_maps(net, x)
+        full = class_activation(net, c5, labels)
+        maps = gen(c3, c4)
+        m = maps[torch.arange(len(labels), device=labels.device), labels]
+        bg, fg = erase(x, m, fill)
+        ratio = (class_activation(net, net.forward_features(bg), labels) / full.clamp(min=1e-6)).clamp(max=1.0)
+        ce = F.cross_entropy(net(fg).float(), labels)
+    return {"background": ratio.mean(), "area": area_weight * m.float().mean(), "foreground": foreground_weight * ce}
+
+
+def train_generator(net: ResNet, gen: ForegroundGenerator, batches, fill: Tensor, steps: int, lr: float,
+                    area_weight: float, foreground_weight: float = FOREGROUND_WEIGHT, autocast=None,
+                    progress: bool = False, every: int = 25) -> list[dict]:
+    """AdamW (weight decay 1e-4) at ``lr``, cosine to zero over ``steps`` batches of (normalised images, labels)
+    from the iterable ``batches``; ``net`` stays fixed in eval mode. Returns the mean terms every ``every`` steps
+    (``step``, ``background``, ``area``, ``foreground``, ``seconds``)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    gen.train()
+    opt = torch.optim.AdamW(gen.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    t0, history, run = time.perf_counter(), [], {}
+    bar = tqdm(total=steps, desc="BAS generator", unit="step", disable=not progress, leave=False)
+    for step, (x, y) in enumerate(batches):
+        if step >= steps:
+            break
+        terms = bas_losses(net, gen, x, y, fill, area_weight, foreground_weight, autocast)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"the BAS loss became {float(loss)} at step {step + 1}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        for k, v in terms.items():
+            run[k] = run.get(k, 0.0) + float(v.detach())
+        bar.update(1)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            n = (step % every) + 1
+            history.append({"step": step + 1, **{k: v / n for k, v in run.items()},
+                            "seconds": time.perf_counter() - t0})
+            bar.set_postfix(background=f"{history[-1]['background']:.3f}", area=f"{history[-1]['area']:.3f}")
+            run = {}
+    bar.close()
+    return history
+
+
+@torch.no_grad()
+def generator_maps(net: ResNet, gen: ForegroundGenerator, x: Tensor, labels: Tensor, autocast=None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(the map of the predicted class (N, h, w), of ``labels``' class (N, h, w), the logits (N, K))."""
+    gen.eval()
+    ctx = autocast if autocast is not None else torch.autocast(x.device.type, enabled=False)
+    with ctx:
+        c3, c4, c5 = classifier_maps(net, x)
+        logits = net.forward_head(c5).float()
+        maps = gen(c3, c4).float()
+    idx = torch.arange(len(x))
+    return maps[idx, logits.argmax(1)], maps[idx, labels], logits
+
+
+def _training_batches(ds: CocoDataset, size: int, batch_size: int, mean, std, seed: int):
+    """Endless shuffled batches (normalised images, labels) of ``ds``, each image mirrored with probability 0.5."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(ds)))
+        rng.shuffle(order)
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[s:s + batch_size]
+            b = make_batch(ds, idx, size, [rng.random() < 0.5 for _ in idx])
+            if len(b.image_ids) >= 2:
+                yield _normalise(b.images, mean, std), b.labels[:, 0]
+
+
+def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, mean, std, autocast=None,
+             batch_size: int = 64, progress: bool = False) -> dict:
+    """:func:`generator_maps` over every image of ``ds``, with the true boxes (read only to score), labels,
+    letterbox scales and COCO ids."""
+    keys = ("pred_maps", "true_maps", "logits", "labels", "gt")
+    out: dict = {k: [] for k in keys} | {"scales": [], "image_ids": []}
+    for batch in _batches(ds, size, batch_size, progress, "BAS maps"):
+        y = batch.labels[:, 0]
+        pred, true, logits = generator_maps(net, gen, _normalise(batch.images, mean, std), y, autocast)
+        for k, v in zip(keys, (pred, true, logits, y, batch.boxes[:, 0])):
+            out[k].append(v)
+        out["scales"] += batch.scales
+        out["image_ids"] += batch.image_ids
+    if not out["logits"]:
+        raise UserError(f"none of the {len(ds)} images of {ds.json_path} could be read")
+    return {k: (torch.cat(v) if k in keys else v) for k, v in out.items()}
+
+
+def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: str, size: int = 128,
+            steps: int = 400, batch_size: int = 32, lr: float = 1e-3, area_weight: float = AREA_WEIGHT,
+            foreground_weight: float = FOREGROUND_WEIGHT, amp: str = "auto", seed: int = 0, progress: bool = True,
+            log=print) -> dict:
+    """BAS end to end on COCO folders of single-object images, the classifier at ``weights_path`` trained with
+    class labels only and held fixed:
+
+    1. the generator trained ``steps`` batches on ``train``'s images and labels (its boxes are never read);
+    2. the box threshold (a fraction of each map's maximum) chosen on ``held_out`` (Choe et al.'s protocol: its
+       size is stated in the result) from the true class's maps;
+    3. every ``val`` folder scored by the ILSVRC rule (top-1 loc from the predicted class's map, GT-known from the
+       true class's), with the heat-centroid offsets; a picture of maps and boxes (``out/maps.png``);
+    4. pseudo boxes for every ``train`` image from its true class's map (``out/pseudo``, PSOL's step 1: then
+       ``resnet50 localize train --train out/pseudo --regression scr``); their agreement with the true boxes is
+       reported, read only to score.
+
+    Writes ``out/generator.safetensors``, ``out/bas.json`` (atomically) and returns the JSON's contents.
+    Errors: ``UserError`` for a classifier of other classes than ``train``'s, or unreadable folders."""
+    if steps < 1 or batch_size < 2 or lr <= 0 or area_weight < 0 or foreground_weight < 0:
+        raise UserError("BAS needs steps >= 1, batch_size >= 2, lr > 0 and non-negative loss weights")
+    net, mean, std, classes = classifier_of(weights_path)
+    if net.cfg.stem != "imagenet":
+        raise UserError(f"{weights_path}: BAS reads C3 and C4 of an ImageNet-stem ResNet, not a {net.cfg.stem!r} "
+                        "stem; give a resnet18/34/50/101/152 classifier")
+    in_chans = net.cfg.in_chans
+    sets = {"train": CocoDataset(train, in_chans=in_chans), "held_out": CocoDataset(held_out, in_chans=in_chans)}
+    vals = [CocoDataset(v, in_chans=in_chans) for v in val]
+    for ds in [*sets.values(), *vals]:
+        single_objects(ds)
+    if len(sets["train"].classes) != net.cfg.num_classes:
+        raise UserError(f"{weights_path} classifies {net.cfg.num_classes} classes, {train} has "
+                        f"{len(sets['train'].classes)}; give the classifier trained on these classes")
+    if len(sets["train"]) < batch_size:
+        raise UserError(f"{train} has {len(sets['train'])} images, fewer than one batch of {batch_size}; lower "
+                        "--batch-size")
+    root = output_dir(Path(out))
+    torch.manual_seed(seed)
+    dtype = autocast_dtype(amp, torch.device("cpu"))
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else None
+    gen = ForegroundGenerator(net.feature_channels[1], net.feature_channels[2], net.cfg.num_classes)
+    fill = _normalise(torch.zeros(1, in_chans, 1, 1), mean, std).reshape(-1)
+    log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
+        f"area weight {area_weight}, classifier {weights_path} fixed")
+    t0 = time.perf_counter()
+    history = train_generator(net, gen, _training_batches(sets["train"], size, batch_size, mean, std, seed), fill,
+                              steps, lr, area_weight, foreground_weight, autocast, progress)
+    train_s = time.perf_counter() - t0
+    meta = {"format": "resnet50-bas-generator", "classifier": str(weights_path), "classes": json.dumps(classes),
+            "area_weight": str(area_weight), "image_size": str(size)}
+    held = all_maps(net, gen, sets["held_out"], size, mean, std, autocast, progress=progress)
+    threshold, curve = choose_threshold(held["true_maps"], held["gt"], size)
+    meta["threshold"] = str(threshold)
+    write_safetensors(root / "generator.safetensors", gen, meta)
+    scored, shown = {}, []
+    for path, ds in zip(val, vals):
+        v = all_maps(net, gen, ds, size, mean, std, autocast, progress=progress)
+        figures = loc_figures(map_boxes(v["pred_maps"], size, threshold), map_boxes(v["true_maps"], size, threshold),
+                              v["logits"], v["labels"], v["gt"])
+        scored[path] = {**figures, "offsets": offset_summary(heat_offsets(v["true_maps"], v["gt"], size))}
+        shown.append((ds, v))
+    picture = plot_maps(shown, size, threshold, classes, root / "maps.png")
+    tr = all_maps(net, gen, sets["train"], size, mean, std, autocast, progress=progress)
+    tr_boxes = map_boxes(tr["true_maps"], size, threshold)
+    pseudo = write_pseudo_boxes(sets["train"], tr["image_ids"], tr_boxes, tr["scales"], root / "pseudo",
+                                "BAS (Wu et al. 2022)")
+    result = {"method": "BAS (Wu, Zhai, Cao, CVPR 2022), classifier fixed, erasing on the input",
+              "weights": str(weights_path), "train": str(sets["train"].json_path), "train_images": len(tr["labels"]),
+              "held_out_images": len(held["labels"]), "threshold": threshold, "held_out_gt_known": curve,
+              "val": scored, "steps": steps, "batch_size": batch_size, "lr": lr, "area_weight": area_weight,
+              "foreground_weight": foreground_weight, "amp": str(dtype).replace("torch.", "") if dtype else "off",
+              "seed": seed, "train_seconds": train_s, "history": history,
+              "pseudo_boxes": str(pseudo), "pseudo_box_iou50": float((_iou(tr_boxes, tr["gt"]) >= 0.5).float().mean()),
+              "generator": str(root / "generator.safetensors"), "picture": str(picture),
+              "boxes_seen": "train: none (labels only; pseudo_box_iou50 reads them only to score); held_out: the "
+                            "threshold; val: scoring only"}
+    write_json(root / "bas.json", result, indent=2)
+    return result
+
+
+def plot_maps(shown: list, size: int, threshold: float, classes: list[str], path: Path, per_set: int = 8) -> Path:
+    """A grid: per scored folder, ``per_set`` images with the predicted class's map over them, its box (green,
+    with the predicted class) and the true box (red)."""
+    plt = pyplot()
+    rows = len(shown)
+    fig, axes = plt.subplots(rows, per_set, figsize=(2 * per_set, 2.2 * rows), squeeze=False)
+    for r, (ds, v) in enumerate(shown):
+        n = min(per_set, len(v["labels"]))
+        batch = make_batch(ds, list(range(n)), size)
+        up = upsample_map(v["pred_maps"][:n], (size, size), C3_STRIDE)
+        boxes = map_boxes(v["pred_maps"][:n], size, threshold)
+        for i in range(per_set):
+            ax = axes[r, i]
+            ax.axis("off")
+            if i >= n:
+                continue
+            ax.imshow(batch.images[i, 0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(up[i], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            for (x1, y1, x2, y2), colour in ((v["gt"][i].tolist(), "red"), (boxes[i].tolist(), "lime")):
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1.5))
+            pred, true = int(v["logits"][i].argmax()), int(v["labels"][i])
+            iou = float(_iou(boxes[i:i + 1], v["gt"][i:i + 1])[0])
+            ax.set_title(f"{classes[pred] if pred < len(classes) else pred} (IoU {iou:.2f})", fontsize=8,
+                         color="black" if pred == true else "darkred")
+        axes[r, 0].text(-0.1, 0.5, Path(str(ds.json_path)).parent.name, transform=axes[r, 0].transAxes,
+                        rotation=90, va="center", ha="right", fontsize=9)
+    fig.suptitle(f"BAS maps of the predicted class; green: box at {threshold:.2f} of the maximum, red: true box",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
