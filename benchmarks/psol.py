@@ -50,6 +50,31 @@ def run(cmd: list[str]) -> dict | None:
         return None
 
 
+def prepare(root: Path, init_weights: str, train_scenes: int, classifier_minutes: float) -> tuple[Path, Path, dict]:
+    """Steps 0 and 1, shared with benchmarks/bas.py: the scenes under ``root/scenes`` (train: ``train_scenes`` per
+    kind, train split, seed 0; held: 50 + 50, seed 99; val: 250 plain, seed 1, and 250 cluttered, seed 8) and the
+    labels-only classifier ``root/classifier.safetensors``. Returns (scenes folder, classifier, steps' seconds)."""
+    data = root / "scenes"  # the layout and seeds benchmarks/wsol.py writes (it rewrites the same files)
+    t0 = time.perf_counter()
+    write_mixed_scenes(data / "train", "train", "single", train_scenes, 0)
+    write_mixed_scenes(data / "held", "train", "single", 50, 99)
+    for kind, clutter in (("plain", False), ("clutter", True)):
+        write_scenes(data / "val" / kind, split="val", kind="single", count=250, seed=1 + (7 if clutter else 0),
+                     clutter=clutter)
+    steps: dict = {"scenes_seconds": time.perf_counter() - t0}
+    t = time.perf_counter()
+    r = run(["resnet50", "localize", "train", "--train", str(data / "train"), "--box-weight", "0", "--init-weights",
+             init_weights, "--time-budget", str(classifier_minutes), "--name", "labels-only", "--no-progress",
+             "--json", "--out", str(root / "runs")])
+    body, mean, std, classes = classifier_of(str(root / "runs" / "labels-only" / "final.safetensors"))
+    classifier = root / "classifier.safetensors"
+    save(classifier, body, classes, Preprocessing(resize=128, crop=128, mean=tuple(mean), std=tuple(std)),
+         "the body of a localiser trained on single scenes with box_weight 0 (class labels only)")
+    steps["classifier"] = {"seconds": time.perf_counter() - t, "epochs": r and r.get("epoch"),
+                           "steps": r and r.get("step")}
+    return data, classifier, steps
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init-weights", required=True, help="the classification demo's checkpoint")
@@ -59,25 +84,9 @@ def main() -> int:
     p.add_argument("--regressor-minutes", type=float, default=6.0)
     a = p.parse_args()
     root = output_dir(Path(a.out)).resolve()
-    data = root / "scenes"  # the layout and seeds benchmarks/wsol.py writes (it rewrites the same files)
     t0 = time.perf_counter()
-    write_mixed_scenes(data / "train", "train", "single", a.train_scenes, 0)
-    write_mixed_scenes(data / "held", "train", "single", 50, 99)
-    for kind, clutter in (("plain", False), ("clutter", True)):
-        write_scenes(data / "val" / kind, split="val", kind="single", count=250, seed=1 + (7 if clutter else 0),
-                     clutter=clutter)
-    steps: dict = {"scenes_seconds": time.perf_counter() - t0}
+    data, classifier, steps = prepare(root, a.init_weights, a.train_scenes, a.classifier_minutes)
     common = ["--no-progress", "--json", "--out", str(root / "runs")]
-
-    t = time.perf_counter()
-    r = run(["resnet50", "localize", "train", "--train", str(data / "train"), "--box-weight", "0", "--init-weights",
-             a.init_weights, "--time-budget", str(a.classifier_minutes), "--name", "labels-only", *common])
-    body, mean, std, classes = classifier_of(str(root / "runs" / "labels-only" / "final.safetensors"))
-    classifier = root / "classifier.safetensors"
-    save(classifier, body, classes, Preprocessing(resize=128, crop=128, mean=tuple(mean), std=tuple(std)),
-         "the body of a localiser trained on single scenes with box_weight 0 (class labels only)")
-    steps["classifier"] = {"seconds": time.perf_counter() - t, "epochs": r and r.get("epoch"),
-                           "steps": r and r.get("step")}
 
     t = time.perf_counter()
     subprocess.run([sys.executable, str(Path(__file__).with_name("wsol.py")), "--weights", str(classifier), "--out",
