@@ -2,8 +2,9 @@
 pseudo boxes: each step a command a user can run (printed as it runs).
 
     python benchmarks/bas.py --init-weights runs/demo-.../best.safetensors --out benchmarks/results/bas \\
-        [--train-scenes 2000] [--classifier-minutes 7] [--steps 800] [--area-weight 1.5] [--regressor-minutes 6]
+        [--train-scenes 2000] [--classifier-minutes 7] [--steps 200] [--area-weight 1.5] [--regressor-minutes 6]
     python benchmarks/bas.py --weights CLASSIFIER --scenes DIR --out DIR ...   # reuse benchmarks/psol.py's
+    python benchmarks/bas.py --weights CLASSIFIER --scenes DIR --generator G --out DIR ...  # score a trained one
 
 Steps:
 0. (with ``--init-weights``) benchmarks/psol.py's steps 0 and 1: the scenes under ``OUT/scenes`` (``train``: mixed
@@ -42,9 +43,10 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/bas")
     p.add_argument("--train-scenes", type=int, default=2000, help="per kind")
     p.add_argument("--classifier-minutes", type=float, default=7.0)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--area-weight", type=float, default=1.5)
     p.add_argument("--regressor-minutes", type=float, default=0.0)
+    p.add_argument("--generator", help="score this generator.safetensors of an earlier run instead of training")
     p.add_argument("--hidden-items", help="an IDX folder with t10k files: score on hidden scenes of its items too")
     a = p.parse_args()
     if bool(a.init_weights) == bool(a.weights and a.scenes):
@@ -62,8 +64,9 @@ def main() -> int:
     vals = [str(path) for _, path in kinds]
     t = time.perf_counter()
     bas = run(["resnet50", "localize", "bas", "--weights", a.weights, "--train", str(data / "train"), "--held-out",
-               str(data / "held"), "--val", *vals, "--out", str(root / "bas"), "--steps", str(a.steps),
-               "--area-weight", str(a.area_weight), "--no-progress", "--json"])
+               str(data / "held"), "--val", *vals, "--out", str(root / "bas"),
+               *(["--generator", a.generator] if a.generator else
+                 ["--steps", str(a.steps), "--area-weight", str(a.area_weight)]), "--no-progress", "--json"])
     steps: dict = {**prep, "bas_seconds": time.perf_counter() - t}
     psol = {}
     if a.regressor_minutes > 0:

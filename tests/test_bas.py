@@ -83,12 +83,30 @@ def test_bas_command_end_to_end(tiny, capsys):
     assert (out / "maps.png").stat().st_size > 0 and (out / "generator.safetensors").stat().st_size > 0
     saved = json.loads((out / "bas.json").read_text())
     assert saved["val"] == r["val"] and len(saved["history"]) == 1
+    assert (out / "offsets.png").stat().st_size > 0
+    assert set(r["val"][str(tiny / "val")]["offsets"]) >= {"median_x", "median_y", "within_8px"}
+
+
+def test_a_saved_generator_scores_the_same(tiny, capsys):
+    """--generator skips training and scores the earlier run's generator: the same threshold and figures."""
+    base = ["localize", "bas", "--weights", str(tiny / "cls.safetensors"), "--train", str(tiny / "train"),
+            "--held-out", str(tiny / "held"), "--val", str(tiny / "val"), "--image-size", "64", "--amp", "off",
+            "--no-progress", "--json"]
+    assert main([*base, "--out", str(tiny / "first"), "--steps", "2", "--batch-size", "4"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    saved = str(tiny / "first" / "generator.safetensors")
+    assert main([*base, "--out", str(tiny / "again"), "--generator", saved]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["threshold"] == first["threshold"] and again["steps"] == 2 and again["area_weight"] == 1.5
+    assert again["val"] == first["val"] and again["pseudo_box_iou50"] == first["pseudo_box_iou50"]
 
 
 @pytest.mark.parametrize("change, message", [
     (["--steps", "0"], "steps >= 1"),
     (["--batch-size", "64"], "fewer than one batch"),
     (["--weights", "OTHER"], "classifies 3 classes"),
+    (["--generator", "CLS"], "not a BAS generator"),
+    (["--generator", "CLS", "--lr", "0.1"], "--generator scores a trained generator, so --steps, --batch-size, --lr"),
 ])
 def test_bas_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, change, message):
     weights.save(tmp_path / "c3.safetensors", create_model("resnet18", num_classes=3, in_chans=1), ["a", "b", "c"],
@@ -96,8 +114,10 @@ def test_bas_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, ch
     args = {"--weights": str(tiny / "cls.safetensors"), "--train": str(tiny / "train"),
             "--held-out": str(tiny / "held"), "--val": str(tiny / "val"), "--out": str(tmp_path / "o"),
             "--image-size": "64", "--steps": "2", "--batch-size": "4"}
+    if "--generator" in change and "--lr" not in change:
+        del args["--steps"], args["--batch-size"]
     for k, v in zip(change[::2], change[1::2]):
-        args[k] = str(tmp_path / "c3.safetensors") if v == "OTHER" else v
+        args[k] = {"OTHER": str(tmp_path / "c3.safetensors"), "CLS": str(tiny / "cls.safetensors")}.get(v, v)
     code = main(["localize", "bas", *[t for kv in args.items() for t in kv], "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -7,11 +7,12 @@ from ..data.decode import MAX_PIXELS
 from ..data.discover import expand_inputs
 from ..detect.coco import CocoDataset
 from ..engine import elastic_restart, main_process
+from ..errors import UserError
+from ..localize.bas import AREA_WEIGHT, BAS_BATCH, BAS_LR, BAS_STEPS, run_bas
 from ..localize.demo import TRAIN_SCENES, VAL_SCENES, run_localize_demo
 from ..localize.evaluate import evaluate, load_localizer
 from ..localize.predict import export_onnx, locate_files
 from ..localize.train import RECIPES, LocalizeTrainConfig, resolve, resume_config, single_objects, train
-from ..localize.bas import AREA_WEIGHT, run_bas
 from ..localize.wsol import run_wsol
 from . import add_config_flags, config_overrides, print_json
 
@@ -89,11 +90,12 @@ def _register_wsol(lsub) -> None:
     b.add_argument("--val", required=True, nargs="+", help="COCO folder(s) scored (boxes read only to score)")
     b.add_argument("--out", required=True, help="folder for generator.safetensors, pseudo/, bas.json, maps.png")
     b.add_argument("--image-size", type=int, default=128, help="letterbox side the classifier reads (default 128)")
-    b.add_argument("--steps", type=int, default=400, help="generator training steps (default 400)")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--lr", type=float, default=1e-3, help="AdamW peak rate, cosine to zero (default 1e-3)")
-    b.add_argument("--area-weight", type=float, default=AREA_WEIGHT, help=f"weight of the map's area (default "
-                                                                          f"{AREA_WEIGHT})")
+    b.add_argument("--steps", type=int, help=f"generator training steps (default {BAS_STEPS})")
+    b.add_argument("--batch-size", type=int, help=f"training batch (default {BAS_BATCH})")
+    b.add_argument("--lr", type=float, help=f"AdamW peak rate, cosine to zero (default {BAS_LR})")
+    b.add_argument("--area-weight", type=float, help=f"weight of the map's area (default {AREA_WEIGHT})")
+    b.add_argument("--generator", help="score this generator.safetensors of an earlier run instead of training one "
+                                       "(with the same --weights; training flags refused)")
     b.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
     b.add_argument("--seed", type=int, default=0)
     _common(b, run_bas_cmd)
@@ -190,9 +192,17 @@ def run_wsol_cmd(args) -> int:
 
 
 def run_bas_cmd(args) -> int:
-    r = run_bas(args.weights, args.train, args.held_out, args.val, args.out, args.image_size, args.steps,
-                args.batch_size, args.lr, args.area_weight, amp=args.amp, seed=args.seed,
-                progress=not args.no_progress, log=(lambda *a: None) if args.json else print)
+    training = {"--steps": args.steps, "--batch-size": args.batch_size, "--lr": args.lr,
+                "--area-weight": args.area_weight}
+    given = [k for k, v in training.items() if v is not None]
+    if args.generator and given:
+        raise UserError(f"--generator scores a trained generator, so {', '.join(given)} would have no effect; drop "
+                        f"{'it' if len(given) == 1 else 'them'} or drop --generator to train")
+    r = run_bas(args.weights, args.train, args.held_out, args.val, args.out, args.image_size,
+                _default(args.steps, BAS_STEPS), _default(args.batch_size, BAS_BATCH), _default(args.lr, BAS_LR),
+                _default(args.area_weight, AREA_WEIGHT), amp=args.amp, seed=args.seed,
+                progress=not args.no_progress, log=(lambda *a: None) if args.json else print,
+                generator=args.generator)
     if args.json:
         print_json({k: v for k, v in r.items() if k != "history"})
         return 0
@@ -201,5 +211,10 @@ def run_bas_cmd(args) -> int:
     for path, f in r["val"].items():
         print(f"{path}: top-1 loc {f['top1_loc']:.2%} ({f['loc_over_cls']:.2f} of top-1 cls {f['top1_cls']:.2%}), "
               f"GT-known {f['gt_known_loc']:.2%}, mean IoU {f['mean_iou']:.3f} on {f['images']} images")
-    print(f"pseudo boxes: {r['pseudo_boxes']} ({r['pseudo_box_iou50']:.1%} at IoU >= 0.5); maps: {r['picture']}")
+    print(f"pseudo boxes: {r['pseudo_boxes']} ({r['pseudo_box_iou50']:.1%} at IoU >= 0.5); maps: {r['picture']}; "
+          f"offsets: {r['offsets_picture']}")
     return 0
+
+
+def _default(value, default):
+    return default if value is None else value

@@ -50,14 +50,17 @@ from ..engine import autocast_dtype
 from ..errors import UserError
 from ..files import output_dir, pyplot, save_figure, write_json
 from ..model import ResNet
-from ..weights import write_safetensors
+from ..weights import read_safetensors, write_safetensors
 from .train import single_objects
 from .wsol import (_batches, _iou, _normalise, choose_threshold, classifier_of, heat_offsets, loc_figures, map_boxes,
-                   offset_summary, write_pseudo_boxes)
+                   offset_summary, plot_offsets, write_pseudo_boxes)
 
 FOREGROUND_WEIGHT = 0.5  # the paper's ResNet-50 weight of the foreground cross-entropy
 AREA_WEIGHT = 1.5  # the paper uses 0.7-1.5 by backbone; 1.5 of 0.6, 1.0, 1.5 on held-out scenes (docs/benchmarks.md)
 C3_STRIDE = 8
+GENERATOR_FORMAT = "resnet50-bas-generator"
+BAS_STEPS, BAS_BATCH, BAS_LR = 200, 32, 1e-3  # 200 steps (7.5 min at 128 px, 2 Zen 4 cores): 800 were no better
+# on the held-out scenes (docs/benchmarks.md)
 
 
 class ForegroundGenerator(nn.Module):
@@ -202,6 +205,22 @@ def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, 
     return {k: (torch.cat(v) if k in keys else v) for k, v in out.items()}
 
 
+def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, list]:
+    """Load a ``generator.safetensors`` into ``gen`` (built for the classifier at hand); returns (its area weight,
+    its training steps, an empty history). Errors: ``UserError`` for another kind of file or a generator of a
+    classifier with other channels or classes."""
+    meta, tensors = read_safetensors(Path(path))
+    if meta.get("format") != GENERATOR_FORMAT:
+        raise UserError(f"{path} is not a BAS generator (no format {GENERATOR_FORMAT!r}); give the "
+                        "generator.safetensors that resnet50 localize bas wrote")
+    want = gen.state_dict()
+    if set(tensors) != set(want) or any(tensors[k].shape != want[k].shape for k in want):
+        raise UserError(f"{path} was trained on a classifier with other channels or classes "
+                        f"({meta.get('classifier')}); give --weights that classifier")
+    gen.load_state_dict(tensors)
+    return float(meta.get("area_weight", "nan")), int(meta.get("steps", 0)), []
+
+
 def true_class_boxes(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, mean, std,
                      threshold: float, autocast=None, batch_size: int = 64, progress: bool = False) -> dict:
     """The box of every image of ``ds`` from its true class's map at ``threshold`` (PSOL's pseudo boxes), batch by
@@ -220,9 +239,9 @@ def true_class_boxes(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, siz
 
 
 def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: str, size: int = 128,
-            steps: int = 400, batch_size: int = 32, lr: float = 1e-3, area_weight: float = AREA_WEIGHT,
+            steps: int = BAS_STEPS, batch_size: int = BAS_BATCH, lr: float = BAS_LR, area_weight: float = AREA_WEIGHT,
             foreground_weight: float = FOREGROUND_WEIGHT, amp: str = "auto", seed: int = 0, progress: bool = True,
-            log=print) -> dict:
+            log=print, generator: str | None = None) -> dict:
     """BAS end to end on COCO folders of single-object images, the classifier at ``weights_path`` trained with
     class labels only and held fixed:
 
@@ -235,8 +254,11 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
        ``resnet50 localize train --train out/pseudo --regression scr``); their agreement with the true boxes is
        reported, read only to score.
 
-    Writes ``out/generator.safetensors``, ``out/bas.json`` (atomically) and returns the JSON's contents.
-    Errors: ``UserError`` for a classifier of other classes than ``train``'s, or unreadable folders."""
+    With ``generator`` (a ``generator.safetensors`` of an earlier run on the same classifier) step 1 is skipped and
+    that generator scored. Writes ``out/generator.safetensors``, ``out/bas.json``, ``out/maps.png`` and
+    ``out/offsets.png`` (histograms of the heat centroids' offsets from the box centres, per ``val`` folder), each
+    atomically, and returns the JSON's contents. Errors: ``UserError`` for a classifier of other classes than
+    ``train``'s, a generator of another classifier, or unreadable folders."""
     if steps < 1 or batch_size < 2 or lr <= 0 or area_weight < 0 or foreground_weight < 0:
         raise UserError("BAS needs steps >= 1, batch_size >= 2, lr > 0 and non-negative loss weights")
     net, mean, std, classes = classifier_of(weights_path)
@@ -251,35 +273,43 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
     if len(sets["train"].classes) != net.cfg.num_classes:
         raise UserError(f"{weights_path} classifies {net.cfg.num_classes} classes, {train} has "
                         f"{len(sets['train'].classes)}; give the classifier trained on these classes")
-    if len(sets["train"]) < batch_size:
+    if not generator and len(sets["train"]) < batch_size:
         raise UserError(f"{train} has {len(sets['train'])} images, fewer than one batch of {batch_size}; lower "
                         "--batch-size")
-    root = output_dir(Path(out))
     torch.manual_seed(seed)
     dtype = autocast_dtype(amp, torch.device("cpu"))
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else None
     gen = ForegroundGenerator(net.feature_channels[1], net.feature_channels[2], net.cfg.num_classes)
     fill = _normalise(torch.zeros(1, in_chans, 1, 1), mean, std).reshape(-1)
-    log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
-        f"area weight {area_weight}, classifier {weights_path} fixed")
+    if generator:
+        area_weight, steps, history = load_generator(generator, gen)
+        log(f"BAS generator {generator} (area weight {area_weight}) scored, classifier {weights_path}")
+    else:
+        log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
+            f"area weight {area_weight}, classifier {weights_path} fixed")
+    root = output_dir(Path(out))  # after every check: a refused run writes nothing
     t0 = time.perf_counter()
-    history = train_generator(net, gen, _training_batches(sets["train"], size, batch_size, mean, std, seed), fill,
-                              steps, lr, area_weight, foreground_weight, autocast, progress)
+    if not generator:
+        history = train_generator(net, gen, _training_batches(sets["train"], size, batch_size, mean, std, seed),
+                                  fill, steps, lr, area_weight, foreground_weight, autocast, progress)
     train_s = time.perf_counter() - t0
-    meta = {"format": "resnet50-bas-generator", "classifier": str(weights_path), "classes": json.dumps(classes),
-            "area_weight": str(area_weight), "image_size": str(size)}
+    meta = {"format": GENERATOR_FORMAT, "classifier": str(weights_path), "classes": json.dumps(classes),
+            "area_weight": str(area_weight), "image_size": str(size), "steps": str(steps)}
     held = all_maps(net, gen, sets["held_out"], size, mean, std, autocast, progress=progress)
     threshold, curve = choose_threshold(held["true_maps"], held["gt"], size)
     meta["threshold"] = str(threshold)
     write_safetensors(root / "generator.safetensors", gen, meta)
-    scored, shown = {}, []
+    scored, shown, offsets = {}, [], {}
     for path, ds in zip(val, vals):
         v = all_maps(net, gen, ds, size, mean, std, autocast, progress=progress)
         figures = loc_figures(map_boxes(v["pred_maps"], size, threshold), map_boxes(v["true_maps"], size, threshold),
                               v["logits"], v["labels"], v["gt"])
-        scored[path] = {**figures, "offsets": offset_summary(heat_offsets(v["true_maps"], v["gt"], size))}
+        name = "/".join(Path(path).resolve().parts[-2:])
+        offsets[name] = heat_offsets(v["true_maps"], v["gt"], size)
+        scored[path] = {**figures, "offsets": offset_summary(offsets[name])}
         shown.append((ds, v))
     picture = plot_maps(shown, size, threshold, classes, root / "maps.png")
+    plot_offsets(offsets, root / "offsets.png")
     tr = true_class_boxes(net, gen, sets["train"], size, mean, std, threshold, autocast, progress=progress)
     pseudo = write_pseudo_boxes(sets["train"], tr["image_ids"], tr["boxes"], tr["scales"], root / "pseudo",
                                 "BAS (Wu et al. 2022)")
@@ -292,6 +322,7 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
               "pseudo_boxes": str(pseudo),
               "pseudo_box_iou50": float((_iou(tr["boxes"], tr["gt"]) >= 0.5).float().mean()),
               "generator": str(root / "generator.safetensors"), "picture": str(picture),
+              "offsets_picture": str(root / "offsets.png"), "scored_generator": generator,
               "boxes_seen": "train: none (labels only; pseudo_box_iou50 reads them only to score); held_out: the "
                             "threshold; val: scoring only"}
     write_json(root / "bas.json", result, indent=2)
