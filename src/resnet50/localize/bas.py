@@ -353,9 +353,9 @@ def plot_maps(shown: list, size: int, threshold: float, classes: list[str], path
             iou = float(_iou(boxes[i:i + 1], v["gt"][i:i + 1])[0])
             ax.set_title(f"{classes[pred] if pred < len(classes) else pred} (IoU {iou:.2f})", fontsize=8,
                          color="black" if pred == true else "darkred")
-        axes[r, 0].text(-0.1, 0.5, Path(str(ds.json_path)).parent.name, transform=axes[r, 0].transAxes,
+        axes[r, 0].text(-0.1, 0.5, "/".join(Path(str(ds.json_path)).parent.parts[-2:]), transform=axes[r, 0].transAxes,
                         rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"BAS maps of the predicted class; green: box at {threshold:.2f} of the maximum, red: true box",
                  fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=130)
+    return save_figure(fig, path)
