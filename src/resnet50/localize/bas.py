@@ -209,6 +209,9 @@ def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, lis
     """Load a ``generator.safetensors`` into ``gen`` (built for the classifier at hand); returns (its area weight,
     its training steps, an empty history). Errors: ``UserError`` for another kind of file or a generator of a
     classifier with other channels or classes."""
+    if not Path(path).is_file():
+        raise UserError(f"generator {path} does not exist; give the generator.safetensors that resnet50 localize bas "
+                        "wrote")
     meta, tensors = read_safetensors(Path(path))
     if meta.get("format") != GENERATOR_FORMAT:
         raise UserError(f"{path} is not a BAS generator (no format {GENERATOR_FORMAT!r}); give the "
