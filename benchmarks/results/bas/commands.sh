@@ -1,4 +1,5 @@
 # issue 22, BAS; one run each, AMD EPYC family 25 model 17 (Zen 4), 2 cores, torch 2.13.0+cpu, bf16; /tmp/w22 = OUT
+# note: the chosen generator (/tmp/w22/a1.5, 200 steps) was trained before generator files recorded their steps, so bas.json, which scores it again, reports "steps": 0
 resnet50 demo                                              # classifier demo: t10k 88.69 %, runs/demo-resnet50-20261204-030558
 # scenes + labels-only classifier (benchmarks/psol.py's steps 0-1) + BAS at area 1.0, 200 steps:
 python benchmarks/bas.py --init-weights runs/demo-resnet50-20261204-030558/best.safetensors --out /tmp/w22/a10 --steps 200 --area-weight 1.0
