@@ -81,7 +81,7 @@ def main() -> int:
                               "--no-progress"])
     model, flags = cpu_info()
     write_json(root / "bas_psol.json", {
-        "bas": {k: v for k, v in bas.items()}, "psol": psol, "steps": steps, "cpu": model,
+        "bas": bas, "psol": psol, "steps": steps, "cpu": model,
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
         "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
         "threads": torch.get_num_threads(), "runs": 1, "weights": a.weights,

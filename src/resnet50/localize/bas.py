@@ -205,9 +205,9 @@ def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, 
     return {k: (torch.cat(v) if k in keys else v) for k, v in out.items()}
 
 
-def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, list]:
+def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int]:
     """Load a ``generator.safetensors`` into ``gen`` (built for the classifier at hand); returns (its area weight,
-    its training steps, an empty history). Errors: ``UserError`` for another kind of file or a generator of a
+    its training steps). Errors: ``UserError`` for another kind of file or a generator of a
     classifier with other channels or classes."""
     if not Path(path).is_file():
         raise UserError(f"generator {path} does not exist; give the generator.safetensors that resnet50 localize bas "
@@ -221,7 +221,7 @@ def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, lis
         raise UserError(f"{path} was trained on a classifier with other channels or classes "
                         f"({meta.get('classifier')}); give --weights that classifier")
     gen.load_state_dict(tensors)
-    return float(meta.get("area_weight", "nan")), int(meta.get("steps", 0)), []
+    return float(meta.get("area_weight", "nan")), int(meta.get("steps", 0))
 
 
 def true_class_boxes(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, mean, std,
@@ -285,7 +285,7 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
     gen = ForegroundGenerator(net.feature_channels[1], net.feature_channels[2], net.cfg.num_classes)
     fill = _normalise(torch.zeros(1, in_chans, 1, 1), mean, std).reshape(-1)
     if generator:
-        area_weight, steps, history = load_generator(generator, gen)
+        (area_weight, steps), history = load_generator(generator, gen), []
         log(f"BAS generator {generator} (area weight {area_weight}) scored, classifier {weights_path}")
     else:
         log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
