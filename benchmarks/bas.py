@@ -3,6 +3,7 @@ pseudo boxes: each step a command a user can run (printed as it runs).
 
     python benchmarks/bas.py --init-weights runs/demo-.../best.safetensors --out benchmarks/results/bas \\
         [--train-scenes 2000] [--classifier-minutes 7] [--steps 200] [--area-weight 1.5] [--regressor-minutes 6]
+        [--classifier-steps 345 --regressor-steps 289]   # the Zen 4 run's lengths, on a slower CPU
     python benchmarks/bas.py --weights CLASSIFIER --scenes DIR --out DIR ...   # reuse benchmarks/psol.py's
     python benchmarks/bas.py --weights CLASSIFIER --scenes DIR --generator G --out DIR ...  # score a trained one
 
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from psol import prepare, run  # benchmarks/psol.py, beside this script
+from psol import budget, prepare, run  # benchmarks/psol.py, beside this script
 
 from resnet50.cpu import cpu_info
 from resnet50.files import output_dir, write_json
@@ -43,9 +44,13 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/bas")
     p.add_argument("--train-scenes", type=int, default=2000, help="per kind")
     p.add_argument("--classifier-minutes", type=float, default=7.0)
+    p.add_argument("--classifier-steps", type=int, default=0,
+                   help="train the classifier this many steps instead of --classifier-minutes (the Zen 4 run's: 345)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--area-weight", type=float, default=1.5)
     p.add_argument("--regressor-minutes", type=float, default=0.0)
+    p.add_argument("--regressor-steps", type=int, default=0,
+                   help="with --regressor-minutes > 0: this many steps instead (the Zen 4 run's: 289)")
     p.add_argument("--generator", help="score this generator.safetensors of an earlier run instead of training")
     p.add_argument("--hidden-items", help="an IDX folder with t10k files: score on hidden scenes of its items too")
     a = p.parse_args()
@@ -53,7 +58,8 @@ def main() -> int:
         p.error("give --init-weights, or --weights with --scenes")
     root, prep = output_dir(Path(a.out)).resolve(), {}
     if a.init_weights:
-        data, classifier, prep = prepare(root, a.init_weights, a.train_scenes, a.classifier_minutes)
+        data, classifier, prep = prepare(root, a.init_weights, a.train_scenes, a.classifier_minutes,
+                                        a.classifier_steps)
         a.weights = str(classifier)
     else:
         data = Path(a.scenes).resolve()
@@ -72,7 +78,7 @@ def main() -> int:
     if a.regressor_minutes > 0:
         t = time.perf_counter()
         r = run(["resnet50", "localize", "train", "--train", bas["pseudo_boxes"], "--regression", "scr",
-                 "--init-weights", a.weights, "--time-budget", str(a.regressor_minutes), "--name", "bas-psol",
+                 "--init-weights", a.weights, *budget(a.regressor_minutes, a.regressor_steps), "--name", "bas-psol",
                  "--out", str(root / "runs"), "--no-progress", "--json"])
         steps["regressor"] = {"seconds": time.perf_counter() - t, "epochs": r.get("epoch"), "steps": r.get("step")}
         for (kind, _), path in zip(kinds, vals):

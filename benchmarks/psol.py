@@ -50,10 +50,19 @@ def run(cmd: list[str]) -> dict | None:
         return None
 
 
-def prepare(root: Path, init_weights: str, train_scenes: int, classifier_minutes: float) -> tuple[Path, Path, dict]:
+def budget(minutes: float, steps: int = 0) -> list[str]:
+    """A command's length: ``steps`` optimiser steps when given (a run of the same length on any CPU), else a time
+    budget of ``minutes`` (as many steps as fit)."""
+    return ["--budget-steps", str(steps)] if steps > 0 else ["--time-budget", str(minutes)]
+
+
+def prepare(root: Path, init_weights: str, train_scenes: int, classifier_minutes: float,
+            classifier_steps: int = 0) -> tuple[Path, Path, dict]:
     """Steps 0 and 1, shared with benchmarks/bas.py: the scenes under ``root/scenes`` (train: ``train_scenes`` per
     kind, train split, seed 0; held: 50 + 50, seed 99; val: 250 plain, seed 1, and 250 cluttered, seed 8) and the
-    labels-only classifier ``root/classifier.safetensors``. Returns (scenes folder, classifier, steps' seconds)."""
+    labels-only classifier ``root/classifier.safetensors``, trained ``classifier_steps`` optimiser steps when given
+    (the length of another machine's run), else for ``classifier_minutes``. Returns (scenes folder, classifier,
+    steps' seconds)."""
     data = root / "scenes"  # the layout and seeds benchmarks/wsol.py writes (it rewrites the same files)
     t0 = time.perf_counter()
     write_mixed_scenes(data / "train", "train", "single", train_scenes, 0)
@@ -64,7 +73,7 @@ def prepare(root: Path, init_weights: str, train_scenes: int, classifier_minutes
     steps: dict = {"scenes_seconds": time.perf_counter() - t0}
     t = time.perf_counter()
     r = run(["resnet50", "localize", "train", "--train", str(data / "train"), "--box-weight", "0", "--init-weights",
-             init_weights, "--time-budget", str(classifier_minutes), "--name", "labels-only", "--no-progress",
+             init_weights, *budget(classifier_minutes, classifier_steps), "--name", "labels-only", "--no-progress",
              "--json", "--out", str(root / "runs")])
     body, mean, std, classes = classifier_of(str(root / "runs" / "labels-only" / "final.safetensors"))
     classifier = root / "classifier.safetensors"

@@ -3,6 +3,7 @@ input, training that moves the generator and never the classifier, and ``resnet5
 tiny classifier (with its bad inputs)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from resnet50 import create_model, weights
 from resnet50.cli import main
 from resnet50.data import FASHION_MNIST_CLASSES, Preprocessing
 from resnet50.detect.coco import CocoDataset
-from resnet50.localize.bas import ForegroundGenerator, bas_losses, erase, train_generator
+from resnet50.localize.bas import GENERATOR_FORMAT, ForegroundGenerator, bas_losses, erase, train_generator
 from resnet50.scenes import write_scenes
 
 
@@ -107,17 +108,38 @@ def test_a_saved_generator_scores_the_same(tiny, capsys):
     (["--weights", "OTHER"], "classifies 3 classes"),
     (["--generator", "CLS"], "not a BAS generator"),
     (["--generator", "CLS", "--lr", "0.1"], "--generator scores a trained generator, so --steps, --batch-size, --lr"),
+    (["--generator", "GEN", "--image-size", "96"], "was trained at 64 px, not 96"),
+    (["--image-size", "16"], "--image-size must be >= 32 px"),
+    (["--lr", "nan"], "a finite lr > 0"),
+    (["--held-out", "REORDERED"], "are not"),
+    (["--train", "UNREADABLE"], "no batch of 2 or more readable images"),
 ])
 def test_bas_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, change, message):
     weights.save(tmp_path / "c3.safetensors", create_model("resnet18", num_classes=3, in_chans=1), ["a", "b", "c"],
                  Preprocessing(64, 64, (0.286,), (0.353,)))
+    # a generator trained at 64 px (its file says so); held-out scenes whose categories are in another order; training
+    # scenes whose image files cannot be decoded (the command must not loop for ever looking for a batch)
+    gen = ForegroundGenerator(128, 256, 10)  # resnet18's C3 and C4 channels
+    weights.write_safetensors(tmp_path / "gen.safetensors", gen, {"format": GENERATOR_FORMAT, "image_size": "64",
+                                                                  "area_weight": "1.5", "steps": "2"})
+    shutil.copytree(tiny / "held", tmp_path / "reordered")
+    coco = json.loads((tmp_path / "reordered" / "instances.json").read_text())
+    names = [c["name"] for c in coco["categories"]]
+    for c, name in zip(coco["categories"], reversed(names)):
+        c["name"] = name
+    (tmp_path / "reordered" / "instances.json").write_text(json.dumps(coco))
+    shutil.copytree(tiny / "train", tmp_path / "unreadable")
+    for f in (tmp_path / "unreadable").rglob("*.png"):
+        f.write_bytes(b"not a png")
+    special = {"OTHER": tmp_path / "c3.safetensors", "CLS": tiny / "cls.safetensors", "GEN": tmp_path / "gen.safetensors",
+               "REORDERED": tmp_path / "reordered", "UNREADABLE": tmp_path / "unreadable"}
     args = {"--weights": str(tiny / "cls.safetensors"), "--train": str(tiny / "train"),
             "--held-out": str(tiny / "held"), "--val": str(tiny / "val"), "--out": str(tmp_path / "o"),
             "--image-size": "64", "--steps": "2", "--batch-size": "4"}
     if "--generator" in change and "--lr" not in change:
         del args["--steps"], args["--batch-size"]
     for k, v in zip(change[::2], change[1::2]):
-        args[k] = {"OTHER": str(tmp_path / "c3.safetensors"), "CLS": str(tiny / "cls.safetensors")}.get(v, v)
+        args[k] = str(special.get(v, v))
     code = main(["localize", "bas", *[t for kv in args.items() for t in kv], "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -89,7 +89,8 @@ def _register_wsol(lsub) -> None:
     b.add_argument("--held-out", required=True, help="COCO folder of a few boxed images that choose the threshold")
     b.add_argument("--val", required=True, nargs="+", help="COCO folder(s) scored (boxes read only to score)")
     b.add_argument("--out", required=True, help="folder for generator.safetensors, pseudo/, bas.json, maps.png")
-    b.add_argument("--image-size", type=int, default=128, help="letterbox side the classifier reads (default 128)")
+    b.add_argument("--image-size", type=int, help="letterbox side the classifier reads (default 128; with "
+                                                   "--generator, the generator's own)")
     b.add_argument("--steps", type=int, help=f"generator training steps (default {BAS_STEPS})")
     b.add_argument("--batch-size", type=int, help=f"training batch (default {BAS_BATCH})")
     b.add_argument("--lr", type=float, help=f"AdamW peak rate, cosine to zero (default {BAS_LR})")

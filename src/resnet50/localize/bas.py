@@ -178,13 +178,17 @@ def _training_batches(ds: CocoDataset, size: int, batch_size: int, mean, std, se
     """Endless shuffled batches (normalised images, labels) of ``ds``, each image mirrored with probability 0.5."""
     rng = random.Random(seed)
     while True:
-        order = list(range(len(ds)))
+        order, yielded = list(range(len(ds))), 0
         rng.shuffle(order)
         for s in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[s:s + batch_size]
             b = make_batch(ds, idx, size, [rng.random() < 0.5 for _ in idx])
             if len(b.image_ids) >= 2:
+                yielded += 1
                 yield _normalise(b.images, mean, std), b.labels[:, 0]
+        if not yielded:  # every image unreadable: an endless loop otherwise
+            raise UserError(f"no batch of 2 or more readable images in {ds.json_path} (its image files are missing "
+                            "or cannot be decoded); check the folder or write it again")
 
 
 def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, mean, std, autocast=None,
@@ -205,9 +209,9 @@ def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, 
     return {k: (torch.cat(v) if k in keys else v) for k, v in out.items()}
 
 
-def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int]:
+def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, int]:
     """Load a ``generator.safetensors`` into ``gen`` (built for the classifier at hand); returns (its area weight,
-    its training steps). Errors: ``UserError`` for another kind of file or a generator of a
+    its training steps, its image size in px; 0 where the file does not say). Errors: ``UserError`` for another kind of file or a generator of a
     classifier with other channels or classes."""
     if not Path(path).is_file():
         raise UserError(f"generator {path} does not exist; give the generator.safetensors that resnet50 localize bas "
@@ -221,7 +225,7 @@ def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int]:
         raise UserError(f"{path} was trained on a classifier with other channels or classes "
                         f"({meta.get('classifier')}); give --weights that classifier")
     gen.load_state_dict(tensors)
-    return float(meta.get("area_weight", "nan")), int(meta.get("steps", 0))
+    return float(meta.get("area_weight", "nan")), int(meta.get("steps", 0)), int(meta.get("image_size", 0))
 
 
 def true_class_boxes(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, mean, std,
@@ -241,7 +245,7 @@ def true_class_boxes(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, siz
     return {**out, "boxes": torch.cat(out["boxes"]), "gt": torch.cat(out["gt"])}
 
 
-def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: str, size: int = 128,
+def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: str, size: int | None = None,
             steps: int = BAS_STEPS, batch_size: int = BAS_BATCH, lr: float = BAS_LR, area_weight: float = AREA_WEIGHT,
             foreground_weight: float = FOREGROUND_WEIGHT, amp: str = "auto", seed: int = 0, progress: bool = True,
             log=print, generator: str | None = None) -> dict:
@@ -258,12 +262,17 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
        reported, read only to score.
 
     With ``generator`` (a ``generator.safetensors`` of an earlier run on the same classifier) step 1 is skipped and
-    that generator scored. Writes ``out/generator.safetensors``, ``out/bas.json``, ``out/maps.png`` and
+    that generator scored. ``size`` (the letterbox side, default 128) is the generator's own when it is scored
+    (another is refused). Writes ``out/generator.safetensors``, ``out/bas.json``, ``out/maps.png`` and
     ``out/offsets.png`` (histograms of the heat centroids' offsets from the box centres, per ``val`` folder), each
     atomically, and returns the JSON's contents. Errors: ``UserError`` for a classifier of other classes than
-    ``train``'s, a generator of another classifier, or unreadable folders."""
-    if steps < 1 or batch_size < 2 or lr <= 0 or area_weight < 0 or foreground_weight < 0:
-        raise UserError("BAS needs steps >= 1, batch_size >= 2, lr > 0 and non-negative loss weights")
+    ``train``'s, folders of other classes than ``train``, a generator of another classifier or size, or unreadable
+    folders."""
+    finite = all(math.isfinite(v) for v in (lr, area_weight, foreground_weight))
+    if steps < 1 or batch_size < 2 or not finite or lr <= 0 or area_weight < 0 or foreground_weight < 0:
+        raise UserError("BAS needs steps >= 1, batch_size >= 2, a finite lr > 0 and finite non-negative loss weights")
+    if size is not None and size < 32:
+        raise UserError(f"--image-size must be >= 32 px (got {size})")
     net, mean, std, classes = classifier_of(weights_path)
     if net.cfg.stem != "imagenet":
         raise UserError(f"{weights_path}: BAS reads C3 and C4 of an ImageNet-stem ResNet, not a {net.cfg.stem!r} "
@@ -276,6 +285,13 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
     if len(sets["train"].classes) != net.cfg.num_classes:
         raise UserError(f"{weights_path} classifies {net.cfg.num_classes} classes, {train} has "
                         f"{len(sets['train'].classes)}; give the classifier trained on these classes")
+    if classes and list(classes) != list(sets["train"].classes):
+        raise UserError(f"{train}'s classes {sets['train'].classes} are not {weights_path}'s {list(classes)} in "
+                        "that order; give the classifier trained on these classes")
+    for path, ds in [(held_out, sets["held_out"]), *zip(val, vals)]:
+        if ds.classes != sets["train"].classes:
+            raise UserError(f"{path}'s classes {ds.classes} are not {train}'s {sets['train'].classes}; write every "
+                            "folder with the same categories in the same order")
     if not generator and len(sets["train"]) < batch_size:
         raise UserError(f"{train} has {len(sets['train'])} images, fewer than one batch of {batch_size}; lower "
                         "--batch-size")
@@ -285,12 +301,16 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
     gen = ForegroundGenerator(net.feature_channels[1], net.feature_channels[2], net.cfg.num_classes)
     fill = _normalise(torch.zeros(1, in_chans, 1, 1), mean, std).reshape(-1)
     if generator:
-        (area_weight, steps), history = load_generator(generator, gen), []
+        (area_weight, steps, trained_size), history = load_generator(generator, gen), []
+        if size is not None and trained_size and size != trained_size:
+            raise UserError(f"{generator} was trained at {trained_size} px, not {size}; drop --image-size or give "
+                            f"--image-size {trained_size}")
+        size = trained_size or size or 128
         log(f"BAS generator {generator} (area weight {area_weight}) scored, classifier {weights_path}")
     else:
         log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
             f"area weight {area_weight}, classifier {weights_path} fixed")
-    root = output_dir(Path(out))  # after every check: a refused run writes nothing
+    size = size or 128
     t0 = time.perf_counter()
     if not generator:
         history = train_generator(net, gen, _training_batches(sets["train"], size, batch_size, mean, std, seed),
@@ -301,6 +321,7 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
     held = all_maps(net, gen, sets["held_out"], size, mean, std, autocast, progress=progress)
     threshold, curve = choose_threshold(held["true_maps"], held["gt"], size)
     meta["threshold"] = str(threshold)
+    root = output_dir(Path(out))  # after training: a refused or failed (NaN) run writes nothing
     write_safetensors(root / "generator.safetensors", gen, meta)
     scored, shown, offsets = {}, [], {}
     for path, ds in zip(val, vals):
@@ -339,8 +360,10 @@ def plot_maps(shown: list, size: int, threshold: float, classes: list[str], path
     rows = len(shown)
     fig, axes = plt.subplots(rows, per_set, figsize=(2 * per_set, 2.2 * rows), squeeze=False)
     for r, (ds, v) in enumerate(shown):
+        batch = make_batch(ds, list(range(min(len(ds), 2 * per_set))), size)
+        at = {iid: j for j, iid in enumerate(batch.image_ids)}  # images matched by id: an unreadable one is skipped
         n = min(per_set, len(v["labels"]))
-        batch = make_batch(ds, list(range(n)), size)
+        n = next((i for i in range(n) if v["image_ids"][i] not in at), n)
         up = upsample_map(v["pred_maps"][:n], (size, size), C3_STRIDE)
         boxes = map_boxes(v["pred_maps"][:n], size, threshold)
         for i in range(per_set):
@@ -348,7 +371,7 @@ def plot_maps(shown: list, size: int, threshold: float, classes: list[str], path
             ax.axis("off")
             if i >= n:
                 continue
-            ax.imshow(batch.images[i, 0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(batch.images[at[v["image_ids"][i]], 0], cmap="gray", vmin=0, vmax=1)
             ax.imshow(up[i], cmap="jet", alpha=0.35, vmin=0, vmax=1)
             for (x1, y1, x2, y2), colour in ((v["gt"][i].tolist(), "red"), (boxes[i].tolist(), "lime")):
                 ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1.5))

@@ -166,6 +166,9 @@ class DDT:
         return torch.einsum("nchw,nc->nhw", centred, self.direction[groups])
 
 
+CHUNK = 256  # maps upsampled at once by map_boxes and heat_offsets (64 KB each at 128 px)
+
+
 def box_of_positive(mask: np.ndarray) -> list[int]:
     """The xyxy box (pixels, the last pixel + 1) around the largest 8-connected True region of a 2-D mask; the whole
     image when the mask is empty."""
@@ -180,29 +183,31 @@ def box_of_positive(mask: np.ndarray) -> list[int]:
 def map_boxes(maps: Tensor, size: int, threshold: float | None = None) -> Tensor:
     """Boxes (N, 4 xyxy input px) from (N, h, w) stride-8 maps upsampled to ``size`` px: around the largest region
     above 0 (``threshold`` None: DDT's rule) or above ``threshold`` x the map's maximum after its negative part is
-    cut (CAM's rule)."""
-    up = upsample_map(maps, (size, size), OUTPUT_STRIDE).numpy()
+    cut (CAM's rule). Upsampled ``CHUNK`` maps at a time: memory does not grow with N."""
     out = []
-    for m in up:
-        if threshold is None:
-            mask = m > 0
-        else:
-            m = np.maximum(m, 0)
-            mask = m >= threshold * m.max() if m.max() > 0 else np.zeros_like(m, bool)
-        out.append(box_of_positive(mask))
-    return torch.tensor(out, dtype=torch.float32)
+    for part in maps.split(CHUNK):
+        for m in upsample_map(part, (size, size), OUTPUT_STRIDE).numpy():
+            if threshold is None:
+                mask = m > 0
+            else:
+                m = np.maximum(m, 0)
+                mask = m >= threshold * m.max() if m.max() > 0 else np.zeros_like(m, bool)
+            out.append(box_of_positive(mask))
+    return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
 
 
 def heat_offsets(maps: Tensor, gt: Tensor, size: int) -> Tensor:
     """(N, 2) the offset (x, y) in input pixels from each box centre (``gt`` (N, 4) xyxy) to the centroid of its
     map's positive mass upsampled to ``size`` px (``maps`` (N, h, w)); NaN where a map has no positive mass.
-    Positive x: the heat sits right of the box centre; positive y: below it."""
-    up = upsample_map(maps, (size, size), OUTPUT_STRIDE).clamp(min=0)
+    Positive x: the heat sits right of the box centre; positive y: below it. ``CHUNK`` maps at a time."""
     pix = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
-    mass = up.sum((1, 2))
-    cx = (up.sum(1) * pix).sum(1) / mass
-    cy = (up.sum(2) * pix).sum(1) / mass
-    return torch.stack([cx - (gt[:, 0] + gt[:, 2]) / 2, cy - (gt[:, 1] + gt[:, 3]) / 2], dim=1)
+    centroids = []
+    for part in maps.split(CHUNK):
+        up = upsample_map(part, (size, size), OUTPUT_STRIDE).clamp(min=0)
+        mass = up.sum((1, 2))
+        centroids.append(torch.stack([(up.sum(1) * pix).sum(1) / mass, (up.sum(2) * pix).sum(1) / mass], dim=1))
+    c = torch.cat(centroids) if centroids else torch.zeros(0, 2)
+    return c - torch.stack([(gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2], dim=1)
 
 
 def _iou(a: Tensor, b: Tensor) -> Tensor:
