@@ -113,7 +113,14 @@ def test_onnx_export_matches_eager(tmp_path):
     pytest.importorskip("onnxruntime")
     from resnet50.localize.predict import export_onnx
 
+    torch.manual_seed(0)
     model = Localizer(LocalizerConfig(arch="resnet18", num_classes=4, image_size=64))
+    # the box head's last layer starts at zero (every box the centred half box, whatever the input): random values
+    # here, so that the parity covers the box path, and every image gets its own boxes
+    torch.nn.init.normal_(model.box_head[-1].weight, std=0.05)
+    with torch.no_grad():
+        boxes = model.eval()(torch.rand(3, 1, 64, 64))[1]
+    assert float((boxes[0] - boxes[1]).abs().max()) > 1e-3
     r = export_onnx(model, tmp_path / "loc.onnx")
     assert r["parity"]["logits_max_abs"] < 1e-4 and r["parity"]["boxes_max_abs"] < 1e-5
 
