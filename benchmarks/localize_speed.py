@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet50.backends import OnnxRuntimeBackend, physical_cores
-from resnet50.bench import hardware, versions
+from resnet50.backends import EagerBackend, OnnxRuntimeBackend, physical_cores
+from resnet50.bench import hardware, time_backend, versions
 from resnet50.cpu import has_native_bf16
+from resnet50.errors import UserError
 from resnet50.files import write_json
 from resnet50.localize.evaluate import load_localizer
 from resnet50.localize.model import Localizer, LocalizerConfig
@@ -38,11 +39,12 @@ from resnet50.localize.predict import export_onnx
 from resnet50.summary import summarize
 
 
-class Eager:
-    """The ``eager`` backend's settings for a two-output model; ``bf16`` adds bf16 autocast."""
+class Eager(EagerBackend):
+    """The ``eager`` backend (its threads, channels_last, inference mode) for the localiser's two outputs; ``bf16``
+    adds bf16 autocast."""
 
     def __init__(self, model: Localizer, bf16: bool = False) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        super().__init__(model)
         self.bf16 = bf16
 
     def __call__(self, x: np.ndarray):
@@ -99,13 +101,7 @@ def one_repeat(models: dict[int, Localizer], backends: list[str], batches: list[
     for start in range(0, runs, turn):
         for (name, size), run in runners.items():
             for b in batches:
-                x = inputs[(size, b)]
-                for _ in range(2):
-                    run(x)
-                for _ in range(min(turn, runs - start)):
-                    t = time.perf_counter()
-                    run(x)
-                    times[(name, size, b)].append(time.perf_counter() - t)
+                times[(name, size, b)] += time_backend(run, inputs[(size, b)], 2, min(turn, runs - start))
     return times, parity
 
 
@@ -125,6 +121,9 @@ def main() -> int:
     except ValueError:
         print("localize_speed.py: --sizes and --batches take comma-separated integers, e.g. 128,224", file=sys.stderr)
         return 2
+    if args.repeat < 1 or args.runs < 1 or args.turn < 1:
+        print("localize_speed.py: --repeat, --runs and --turn must be >= 1", file=sys.stderr)
+        return 2
     if args.weights and not Path(args.weights).is_file():
         print(f"localize_speed.py: {args.weights}: no such localiser file; give one written by `resnet50 localize "
               f"train` or leave --weights out", file=sys.stderr)
@@ -132,7 +131,11 @@ def main() -> int:
     torch.set_num_threads(physical_cores())
     base, state, source = LocalizerConfig(), None, "random weights"
     if args.weights:
-        ckpt = load_localizer(args.weights)
+        try:
+            ckpt = load_localizer(args.weights)
+        except UserError as e:
+            print(f"localize_speed.py: {e}", file=sys.stderr)
+            return 2
         base, state, source = ckpt.model.cfg, ckpt.model.state_dict(), args.weights
     backends = ["eager", *(["eager-bf16"] if has_native_bf16() else []), "onnx"]
     models = {s: localizer(s, state, base) for s in sizes}

@@ -211,8 +211,8 @@ def all_maps(net: ResNet, gen: ForegroundGenerator, ds: CocoDataset, size: int, 
 
 def load_generator(path: str, gen: ForegroundGenerator) -> tuple[float, int, int]:
     """Load a ``generator.safetensors`` into ``gen`` (built for the classifier at hand); returns (its area weight,
-    its training steps, its image size in px; 0 where the file does not say). Errors: ``UserError`` for another kind of file or a generator of a
-    classifier with other channels or classes."""
+    its training steps, its image size in px; 0 where the file does not say). Errors: ``UserError`` for another
+    kind of file or a generator of a classifier with other channels or classes."""
     if not Path(path).is_file():
         raise UserError(f"generator {path} does not exist; give the generator.safetensors that resnet50 localize bas "
                         "wrote")
@@ -305,7 +305,7 @@ def run_bas(weights_path: str, train: str, held_out: str, val: list[str], out: s
         if size is not None and trained_size and size != trained_size:
             raise UserError(f"{generator} was trained at {trained_size} px, not {size}; drop --image-size or give "
                             f"--image-size {trained_size}")
-        size = trained_size or size or 128
+        size = trained_size or size
         log(f"BAS generator {generator} (area weight {area_weight}) scored, classifier {weights_path}")
     else:
         log(f"BAS generator on {len(sets['train'])} training images (labels only), {steps} steps of {batch_size}, "
