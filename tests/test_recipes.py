@@ -156,3 +156,27 @@ def test_progressive_resizing_follows_ffcv():
     small = resolve("demo", {"min_res": 32, "start_ramp": 3, "end_ramp": 9, "epochs": 12})
     assert [train_resolution(e, small) for e in range(12)] == [32, 32, 32, 32, 32, 40, 40, 40, 48, 48, 48, 48]
     assert [train_resolution(e, get_recipe("demo")) for e in range(3)] == [48, 48, 48]
+
+
+def test_pad_sets_the_pad_and_crop_translation_and_is_refused_with_random_resized_crops():
+    from types import SimpleNamespace
+
+    from resnet50.data import build_dataset
+    from resnet50.data.transforms import build_transform
+
+    ds = build_dataset("embedded", "train")
+    img = ds[0][0]
+    for pad, moved in ((0, False), (4, True)):
+        train_cfg, eval_cfg = resolve("demo", {"pad": pad, "hflip": 0}).data.transforms(ds)
+        assert train_cfg.train_crop == "pad" and train_cfg.pad == pad
+        augment, fixed = build_transform(train_cfg, train=True), build_transform(eval_cfg, train=False)
+        torch.manual_seed(0)
+        same = [torch.equal(augment(img), fixed(img)) for _ in range(20)]
+        assert all(same) if not moved else not all(same)  # 1 of pad 4's 81 offsets keeps the image in place
+    assert resolve("demo").data.pad == 4  # the paper's CIFAR augmentation stays the default
+    with pytest.raises(UserError, match="pad must be between 0"):
+        resolve("demo", {"pad": -1})
+    rgb = SimpleNamespace(image_size=None, mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3)  # large images
+    assert resolve("paper").data.transforms(rgb)[0].train_crop == "random_resized"
+    with pytest.raises(UserError, match="random_resized crops; drop --pad"):
+        resolve("paper", {"pad": 2}).data.transforms(rgb)

@@ -49,6 +49,10 @@ class DataSpec:
     crop_pct: float = 0.875  # evaluation resize = eval_size / crop_pct, then centre crop; 0 = the dataset default
     min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
     train_crop: str = "auto"  # auto (the dataset's default), random_resized or pad
+    # pad-and-crop: zero padding on each side before the random crop (He et al. 2015, sec. 4.2: 4 px at 32 px);
+    # 0 keeps the whole image in place (no translation). Only the pad crop uses it: another value with
+    # random_resized is refused.
+    pad: int = 4
     hflip: float = 0.5
     auto_augment: str = ""  # '' none, 'ta_wide' (TrivialAugmentWide) or RandAugment as timm spells it ('rand-m9-mstd0.5')
     random_erasing: float = 0.0  # probability of erasing one random rectangle (after normalisation)
@@ -76,6 +80,11 @@ class DataSpec:
                     random_erasing=self.random_erasing, interpolation=self.interpolation)
         if self.train_crop != "auto":
             over["train_crop"] = self.train_crop
+        if over.get("train_crop", base.train_crop) == "pad":
+            over["pad"] = self.pad
+        elif self.pad != DataSpec.pad:
+            raise UserError(f"pad {self.pad} applies to the pad-and-crop augmentation only, and this run uses "
+                            "random_resized crops; drop --pad or add --train-crop pad")
         if self.crop_pct:
             over["crop_pct"] = self.crop_pct
         train = dataclasses.replace(base, **over)
@@ -458,6 +467,7 @@ def validate(cfg: TrainConfig) -> None:
         (d.max_pixels >= 1, f"max_pixels must be positive, not {d.max_pixels}"),
         (d.image_size >= 32, f"image_size {d.image_size} is below the 32 px minimum"),
         (d.train_crop in ("auto", "random_resized", "pad"), "train_crop must be auto, random_resized or pad"),
+        (0 <= d.pad < d.image_size, f"pad must be between 0 and the image size, not {d.pad}"),
         (d.preprocessing in ("weights", "data"), f"preprocessing must be weights or data, not {d.preprocessing!r}"),
         (r.amp in ("auto", "bf16", "fp16", "off"), f"unknown amp {r.amp!r}; use auto, bf16, fp16 or off"),
         (r.device in ("auto", "cpu", "cuda"), f"unknown device {r.device!r}; use auto, cpu or cuda"),

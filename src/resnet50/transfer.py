@@ -41,7 +41,9 @@ from .train import train
 SOURCE = FASHION_MNIST_CLASSES[:5]
 TARGET = FASHION_MNIST_CLASSES[5:]
 METHODS = ("finetune", "linear-probe", "knn", "scratch")
-SHARED = {"image_size": 48, "crop_pct": 1.0, "workers": 0}  # the demo's shapes for every run
+# the demo's shapes for every run; and the pad-and-crop translation (4 px), which the demo recipe drops for its
+# short budgets but which few-shot runs, seeing each image hundreds of times, need
+SHARED = {"image_size": 48, "crop_pct": 1.0, "pad": 4, "workers": 0}
 KNN_K = 20
 # a few-shot training set is written this many times over (copies of each file) so that an epoch has about
 # STEPS_PER_EPOCH optimiser steps: 50 images at batch 25 would make 150 two-step epochs, each with its validation
@@ -81,7 +83,7 @@ def pretrain(out: Path, epochs: int, progress: bool, log) -> str:
     root = out / "source"
     write_split(root / "train", "train", SOURCE)
     write_split(root / "val", "val", SOURCE)
-    cfg = resolve("demo", {"data": str(root), "out": str(out), "name": "pretrain", "epochs": epochs,
+    cfg = resolve("demo", {"data": str(root), "out": str(out), "name": "pretrain", "epochs": epochs, "pad": 4,
                            "workers": 0})
     res = train(cfg, progress=progress, log=log)
     log(f"pretrained on {', '.join(SOURCE)}: val top-1 {res['best_val_top1']:.2%}")
