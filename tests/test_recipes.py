@@ -173,7 +173,7 @@ def test_pad_sets_the_pad_and_crop_translation_and_is_refused_with_random_resize
         torch.manual_seed(0)
         same = [torch.equal(augment(img), fixed(img)) for _ in range(20)]
         assert all(same) if not moved else not all(same)  # 1 of pad 4's 81 offsets keeps the image in place
-    assert resolve("demo").data.pad == 4  # the paper's CIFAR augmentation stays the default
+    assert resolve("demo").data.pad == 0 and resolve("paper").data.pad == 4  # the paper's CIFAR recipe: 4 px
     with pytest.raises(UserError, match="pad must be between 0"):
         resolve("demo", {"pad": -1})
     rgb = SimpleNamespace(image_size=None, mean=(0.5,) * 3, std=(0.25,) * 3, in_chans=3)  # large images
