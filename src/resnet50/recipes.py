@@ -50,8 +50,8 @@ class DataSpec:
     min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
     train_crop: str = "auto"  # auto (the dataset's default), random_resized or pad
     # pad-and-crop: zero padding on each side before the random crop (He et al. 2015, sec. 4.2: 4 px at 32 px);
-    # 0 keeps the whole image in place (no translation). Only the pad crop uses it: another value with
-    # random_resized is refused.
+    # 0 keeps the whole image in place (no translation). Only the pad crop uses it: a value other than 0 or 4 with
+    # random_resized crops is refused.
     pad: int = 4
     hflip: float = 0.5
     auto_augment: str = ""  # '' none, 'ta_wide' (TrivialAugmentWide) or RandAugment as timm spells it ('rand-m9-mstd0.5')
@@ -82,7 +82,7 @@ class DataSpec:
             over["train_crop"] = self.train_crop
         if over.get("train_crop", base.train_crop) == "pad":
             over["pad"] = self.pad
-        elif self.pad != DataSpec.pad:
+        elif self.pad not in (0, DataSpec.pad):  # 0 (no translation; the demo recipe's) and the default are moot
             raise UserError(f"pad {self.pad} applies to the pad-and-crop augmentation only, and this run uses "
                             "random_resized crops; drop --pad or add --train-crop pad")
         if self.crop_pct:
