@@ -359,7 +359,8 @@ def _demo() -> TrainConfig:
     # 28 px images upsampled to 48 px (crop_pct=1.0), flipped, not translated (below); the ImageNet stem takes
     # 48 -> 12 px before layer1. AdamW with a short warmup, because SGD diverged here without a long one. Every
     # choice was made on the embedded validation split or the tuning split (tools/make_tuning_set.py); the
-    # alternatives tried and their figures are in docs/benchmarks.md (the demo section). Validation (and the demo's test split) read with flip TTA: +0.15 pt.
+    # alternatives tried and their figures are in docs/benchmarks.md (the demo section). Validation (and the
+    # demo's test split) read with flip TTA: +0.15 pt.
     # No pad-and-crop translation (pad=0; flips kept): on the 10,000-image tuning split, 88.39 % against 85.34 %
     # with the 4 px of He et al.'s CIFAR recipe at 2.3 epochs (what a 9-minute budget buys on an AVX2-only CPU),
     # 90.87 % against 90.33 % at 10 epochs (docs/benchmarks.md, "Less augmentation").

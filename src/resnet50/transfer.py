@@ -83,8 +83,7 @@ def pretrain(out: Path, epochs: int, progress: bool, log) -> str:
     root = out / "source"
     write_split(root / "train", "train", SOURCE)
     write_split(root / "val", "val", SOURCE)
-    cfg = resolve("demo", {"data": str(root), "out": str(out), "name": "pretrain", "epochs": epochs, "pad": 4,
-                           "workers": 0})
+    cfg = resolve("demo", {**SHARED, "data": str(root), "out": str(out), "name": "pretrain", "epochs": epochs})
     res = train(cfg, progress=progress, log=log)
     log(f"pretrained on {', '.join(SOURCE)}: val top-1 {res['best_val_top1']:.2%}")
     return str(Path(res["run_dir"]) / "best.safetensors")
